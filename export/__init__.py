@@ -1,0 +1,1 @@
+"""ONNX / TensorRT export (imported as ``semgan_fast.export``)."""
