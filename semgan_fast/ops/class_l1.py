@@ -14,10 +14,11 @@ from ._dispatch import Backend, BackendTable
 
 def class_l1_reference(per_class_out: torch.Tensor, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Naive formulation: one masked copy of the image and one L1 per class. See ``class_l1``."""
-    total = per_class_out.new_zeros((), dtype=torch.float32)
+    acc_dtype = torch.promote_types(image.dtype, torch.float32)  # fp32 for half inputs, fp64 stays fp64
+    total = per_class_out.new_zeros((), dtype=acc_dtype)
     for i in range(per_class_out.shape[1]):
         masked_real = image * (labels == i).unsqueeze(1).to(image.dtype)
-        total = total + (masked_real - per_class_out[:, i]).abs().float().mean()
+        total = total + (masked_real - per_class_out[:, i]).abs().to(acc_dtype).mean()
     return total
 
 
@@ -37,7 +38,7 @@ def class_l1(per_class_out: torch.Tensor, image: torch.Tensor, labels: torch.Ten
         check_values: also verify label range and finiteness (synchronises with the device).
 
     Returns:
-        scalar float32 tensor.
+        scalar tensor, float32 (float64 for float64 inputs).
     """
     check_float("per_class_out", per_class_out, 5)
     check_float("image", image, 4)
