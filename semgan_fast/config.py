@@ -4,7 +4,7 @@ Presets (``PRESETS``):
 - ``cityscapes``: 256x512, 35 label classes + instance-edge channel, all 35 classes local.
 - ``ade20k``: 256x256, 151 label channels (150 + unknown), 51 dedicated local generators plus one
   "other" generator for the remaining classes (52 in all), no instance channel.
-- ``coco_stuff``: 256x256, 182 label channels + instance edge.
+- ``coco_stuff``: 256x256, 182 classes + "unlabeled" = 183 label channels + instance edge.
 - ``synthetic``: the embedded procedural dataset, small enough for a CPU run in minutes.
 
 Ablation rows S1-S5 of LGGAN Table 3 (right) are ``LGGANConfig.ablation("S1")`` etc.
@@ -139,7 +139,7 @@ def _ade20k() -> ExperimentConfig:
 
 def _coco_stuff() -> ExperimentConfig:
     return ExperimentConfig(
-        model=LGGANConfig(num_classes=182, use_instance_edge=True, height=256, width=256,
+        model=LGGANConfig(num_classes=183, use_instance_edge=True, height=256, width=256,
                           num_upsampling_layers="normal"),
         data=DataConfig(dataset="coco_stuff"),
         train=TrainConfig(batch_size=32, iterations=100 * 118000 // 32, decay_start=50 * 118000 // 32),

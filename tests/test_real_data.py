@@ -1,0 +1,76 @@
+"""Real-dataset loaders on tiny fake trees in their usual layouts."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semgan_fast.config import DataConfig, LGGANConfig
+from semgan_fast.data import build_dataset
+from semgan_fast.data.real import ADE20K, Cityscapes, COCOStuff
+
+
+def _png(path, arr):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _rgb(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_cityscapes_pairs_resizes_and_flips(tmp_path):
+    root = str(tmp_path)
+    label = np.zeros((16, 32), np.uint8)
+    label[:, 16:] = 26
+    for i, city in enumerate(["aachen", "bonn"]):
+        stem = f"{city}_000000_00001{i}"
+        _png(f"{root}/leftImg8bit/train/{city}/{stem}_leftImg8bit.png", _rgb(16, 32, i))
+        _png(f"{root}/gtFine/train/{city}/{stem}_gtFine_labelIds.png", label)
+        _png(f"{root}/gtFine/train/{city}/{stem}_gtFine_instanceIds.png", (label.astype(np.int32) * 1000).astype(np.uint16))
+    ds = build_dataset(DataConfig(dataset="cityscapes", root=root), LGGANConfig(num_classes=35, height=8, width=16))
+    assert isinstance(ds, Cityscapes) and len(ds) == 2
+    item = ds[0]
+    assert item["label"].shape == (8, 16) and item["image"].shape == (3, 8, 16)
+    assert set(item["label"].unique().tolist()) == {0, 26}
+    flipped = ds[(0, True)]
+    assert torch.equal(flipped["label"], item["label"].flip(-1)) and torch.equal(flipped["image"], item["image"].flip(-1))
+
+
+def test_cityscapes_missing_label_names_the_file(tmp_path):
+    root = str(tmp_path)
+    _png(f"{root}/leftImg8bit/train/x/x_0_1_leftImg8bit.png", _rgb(4, 4, 0))
+    os.makedirs(f"{root}/gtFine/train/x")
+    with pytest.raises(ValueError, match="x_0_1_leftImg8bit.png.*no matching"):
+        Cityscapes(root, height=4, width=4)
+    with pytest.raises(ValueError, match="does not exist"):
+        Cityscapes(str(tmp_path / "nowhere"))
+
+
+def test_ade20k_remaps_unknown_to_last_channel(tmp_path):
+    root = str(tmp_path)
+    img = Image.fromarray(_rgb(8, 8, 1))
+    os.makedirs(f"{root}/images/training")
+    img.save(f"{root}/images/training/a.jpg")
+    label = np.array([[0, 1], [150, 2]], np.uint8).repeat(4, 0).repeat(4, 1)
+    _png(f"{root}/annotations/training/a.png", label)
+    item = ADE20K(root, height=8, width=8)[0]
+    assert item["label"][0, 0] == 150 and item["label"][0, 4] == 0 and item["label"][4, 0] == 149
+
+
+def test_coco_stuff_unlabeled_and_out_of_range(tmp_path):
+    root = str(tmp_path)
+    os.makedirs(f"{root}/train_img")
+    Image.fromarray(_rgb(4, 4, 2)).save(f"{root}/train_img/b.jpg")
+    _png(f"{root}/train_label/b.png", np.array([[255, 3], [181, 0]], np.uint8).repeat(2, 0).repeat(2, 1))
+    item = COCOStuff(root, height=4, width=4)[0]
+    assert item["label"][0, 0] == 182 and item["label"][2, 0] == 181
+    _png(f"{root}/train_label/b.png", np.full((4, 4), 200, np.uint8))
+    with pytest.raises(ValueError, match="b.png.*outside"):
+        COCOStuff(root, height=4, width=4)[0]
+
+
+def test_real_dataset_needs_root():
+    with pytest.raises(ValueError, match="--data-root"):
+        build_dataset(DataConfig(dataset="ade20k"), LGGANConfig())
