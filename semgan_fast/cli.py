@@ -29,7 +29,8 @@ def _apply_overrides(cfg: ExperimentConfig, args) -> ExperimentConfig:
     for name in ("data_root", "num_samples"):
         if getattr(args, name) is not None:
             d = dataclasses.replace(d, **{"root" if name == "data_root" else name: getattr(args, name)})
-    for name in ("iterations", "batch_size", "seed", "device", "out", "checkpoint_every", "sample_every", "log_every"):
+    for name in ("iterations", "batch_size", "seed", "device", "out", "checkpoint_every", "sample_every", "log_every",
+                 "precision", "compile", "channels_last"):
         value = getattr(args, name)
         if value is not None:
             t = dataclasses.replace(t, **{"out_dir" if name == "out" else name: value})
@@ -45,17 +46,29 @@ def _describe(cfg: ExperimentConfig, device) -> str:
         f"data      {d.dataset}" + (f" ({d.num_samples} samples, seed {d.seed})" if d.dataset == "synthetic"
                                     else f" root={d.root}"),
         f"train     {t.iterations} iterations  batch {t.batch_size}  lr G {t.lr_g} / D {t.lr_d}  "
-        f"betas ({t.beta1}, {t.beta2})  decay from {t.decay_start}  device {device}",
+        f"betas ({t.beta1}, {t.beta2})  decay from {t.decay_start}  device {device}  precision {t.precision}"
+        + ("  compile" if t.compile else "") + ("  channels_last" if t.channels_last else ""),
         f"output    {t.out_dir}  (checkpoints every {t.checkpoint_every}, samples every {t.sample_every})",
     ]
     return "\n".join(rows)
+
+
+def _load_config(path: str) -> ExperimentConfig:
+    """An ExperimentConfig from a JSON file as written by ``semgan config``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--config {path!r} does not exist")
+    try:
+        with open(path) as f:
+            return ExperimentConfig.from_dict(json.load(f))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"--config {path!r} is not a valid configuration: {exc}") from exc
 
 
 def cmd_train(args) -> int:
     from .train import Trainer
     from .train.trainer import resolve_device
 
-    cfg = _apply_overrides(preset(args.preset), args)
+    cfg = _apply_overrides(_load_config(args.config) if args.config else preset(args.preset), args)
     device = resolve_device(cfg.train.device)
     print("semgan train: will run\n" + _describe(cfg, device), flush=True)
     trainer = Trainer(cfg, device)
@@ -122,6 +135,22 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .eval.evaluate import evaluate
+
+    fid = {"auto": None, "on": True, "off": False}[args.fid]
+    print(f"semgan eval: {args.checkpoint} on {args.data_root or 'the checkpoint dataset'} "
+          f"(split {args.split or 'validation'}) -> {args.out}")
+    report = evaluate(args.checkpoint, data_root=args.data_root, split=args.split, num_images=args.num_images,
+                      batch_size=args.batch_size, device=args.device, inception_weights=args.inception_weights,
+                      segmenter=args.segmenter, segmenter_checkpoint=args.segmenter_checkpoint, fid=fid,
+                      out_json=args.out)
+    print(json.dumps(report["metrics"], indent=2))
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_config(args) -> int:
     cfg = preset(args.preset)
     print(json.dumps(cfg.to_dict(), indent=2))
@@ -135,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train LGGAN (default: synthetic dataset, CPU-sized)")
     train.add_argument("--preset", default="synthetic", choices=sorted(PRESETS))
+    train.add_argument("--config", help="JSON configuration (as printed by `semgan config`); replaces --preset")
+    train.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    train.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
+    train.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     train.add_argument("--data-root", dest="data_root", help="dataset root (real datasets)")
     train.add_argument("--num-samples", dest="num_samples", type=int, help="synthetic dataset size")
     train.add_argument("--iterations", type=int)
@@ -161,6 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.set_defaults(func=cmd_generate)
 
+    ev = sub.add_parser("eval", help="FID, SSIM/PSNR/SD and (with a segmenter) mIoU of a checkpoint")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data-root", dest="data_root")
+    ev.add_argument("--split")
+    ev.add_argument("--num-images", dest="num_images", type=int)
+    ev.add_argument("--batch-size", dest="batch_size", type=int, default=8)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--inception-weights", dest="inception_weights",
+                    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache)")
+    ev.add_argument("--fid", choices=["auto", "on", "off"], default="auto")
+    ev.add_argument("--segmenter", help="module:factory or file.py:factory returning a segmentation network")
+    ev.add_argument("--segmenter-checkpoint", dest="segmenter_checkpoint")
+    ev.add_argument("--out", default="eval_report.json", help="JSON report path")
+    ev.set_defaults(func=cmd_eval)
+
     cfg = sub.add_parser("config", help="print a preset's full configuration as JSON")
     cfg.add_argument("--preset", default="synthetic", choices=sorted(PRESETS))
     cfg.set_defaults(func=cmd_config)
@@ -171,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:  # bad input or missing files: a message, exit code 2
         print(f"semgan {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -47,8 +47,13 @@ class LGGANConfig:
     lambda_vgg: float = 10.0
     lambda_local_l1: float = 1.0
     lambda_class: float = 1.0
+    lambda_l1: float = 0.0                # image L1 per output (public --no_l1_loss: off in both scripts)
     use_vgg: bool = True
     vgg_weights: str | None = None        # path to torchvision VGG19 weights; None: torchvision cache
+    # Weight init: "xavier" = the public code's xavier_normal(gain=init_gain) on conv/linear weights,
+    # zero biases; "default" = PyTorch's initialisation.
+    init_type: Literal["xavier", "default"] = "xavier"
+    init_gain: float = 0.02
     # Reproduce the public code's bug that compares class 27's output with class 26's mask.
     reproduce_mask_26_27_bug: bool = False
 
@@ -96,6 +101,7 @@ class TrainConfig:
     lr_d: float = 4e-4
     beta1: float = 0.0
     beta2: float = 0.9
+    adam_eps: float = 1e-8
     decay_start: int | None = None        # iteration at which linear LR decay to 0 starts; None: never
     seed: int = 0
     device: str = "auto"
@@ -103,7 +109,13 @@ class TrainConfig:
     checkpoint_every: int = 100
     sample_every: int = 100
     keep_checkpoints: int = 3
-    log_every: int = 10
+    log_every: int = 10                   # host synchronisation happens only on logged steps
+    # Speed: "bf16" autocast (A100/H100), "fp16" autocast + GradScaler (V100), or "fp32".
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False                 # torch.compile the generator and the discriminator
+    fused_adam: bool | None = None        # None: fused Adam on CUDA, the default implementation elsewhere
+    tensorboard: bool = True              # scalars and sample grids under <out_dir>/tensorboard (if installed)
 
 
 @dataclass

@@ -1,11 +1,23 @@
-"""LGGAN trainer: TTUR Adam, linear LR decay, one generator and one discriminator step per iteration,
-atomic checkpoints with exact resume, a progress bar, a JSON-lines log and PNG sample grids."""
+"""LGGAN trainer: TTUR Adam, linear LR decay, one generator and one discriminator step per iteration.
+
+- Distributed: under ``torchrun`` the generator and discriminator are wrapped in
+  DistributedDataParallel (NCCL on GPU, gloo on CPU); each rank draws its slice of the global batch
+  from ``ResumableSampler``; logging, samples and checkpoints come from rank 0 only.
+- Speed: bf16 autocast, or fp16 autocast with a GradScaler; channels_last; optional torch.compile;
+  fused Adam on CUDA; the only host synchronisation is on logged steps.
+- Safety: atomic checkpoints holding models, optimisers, schedulers, GradScaler, RNG states and the
+  step (the step fixes the data position), so a killed run resumes on the same loss trajectory.
+- Observability: tqdm (step, images/s, losses, ETA), a JSON-lines log, TensorBoard scalars and
+  sample grids (when tensorboard is installed), peak GPU memory per logged window.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,11 +28,11 @@ from ..data import ResumableSampler, build_dataset, collate
 from ..imageio import colorize_labels, make_grid, save_image
 from ..models import LGGANModel
 from .checkpoint import CheckpointManager, load_checkpoint
+from .distributed import DistInfo, all_reduce_mean_, init_from_env
 
-
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} requested but CUDA is not available")
@@ -51,6 +63,27 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def bare_module(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    while isinstance(module, (torch.nn.parallel.DistributedDataParallel, compiled)):
+        module = module._orig_mod if isinstance(module, compiled) else module.module
+    return module
+
+
+@contextlib.contextmanager
+def unwrapped(model: LGGANModel):
+    """Temporarily puts the bare generator and discriminator back, so state dicts have the bare keys."""
+    wrapped = {name: getattr(model, name) for name in ("generator", "discriminator")}
+    try:
+        for name, module in wrapped.items():
+            setattr(model, name, bare_module(module))
+        yield model
+    finally:
+        for name, module in wrapped.items():
+            setattr(model, name, module)
+
+
 @dataclass
 class StepResult:
     losses: dict[str, torch.Tensor]   # detached scalars, still on the device (no host sync)
@@ -58,47 +91,88 @@ class StepResult:
 
 
 class Trainer:
-    """Owns the model, optimisers, schedulers, data order and checkpoints of one run."""
+    """Owns the model, optimisers, schedulers, data order and checkpoints of one run (one rank)."""
 
-    def __init__(self, cfg: ExperimentConfig, device: str | torch.device | None = None):
+    def __init__(self, cfg: ExperimentConfig, device: str | torch.device | None = None,
+                 dist_info: DistInfo | None = None):
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device) if device is None else torch.device(device)
-        torch.manual_seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
-        self.model = LGGANModel(cfg.model).to(self.device)
         t = cfg.train
-        self.opt_g = torch.optim.Adam(self.model.generator_parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-        self.opt_d = torch.optim.Adam(self.model.discriminator_parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+        requested = torch.device(device) if device is not None else None
+        device_type = requested.type if requested is not None else (
+            "cuda" if t.device == "auto" and torch.cuda.is_available() else torch.device(
+                "cpu" if t.device == "auto" else t.device).type)
+        self.dist = dist_info if dist_info is not None else init_from_env(device_type)
+        self.device = requested if requested is not None else resolve_device(t.device, self.dist.local_rank)
+        if t.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'fp16', got {t.precision!r}")
+        # Data first: a missing dataset fails before a large model is allocated.
+        self.dataset = build_dataset(cfg.data, cfg.model)
+        torch.manual_seed(t.seed)
+        np.random.seed(t.seed)
+        random.seed(t.seed)
+        self.model = LGGANModel(cfg.model).to(self.device)
+        if t.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        fused = t.fused_adam if t.fused_adam is not None else self.device.type == "cuda"
+        adam = dict(betas=(t.beta1, t.beta2), eps=t.adam_eps, fused=fused or None)
+        self.opt_g = torch.optim.Adam(self.model.generator_parameters(), lr=t.lr_g, **adam)
+        self.opt_d = torch.optim.Adam(self.model.discriminator_parameters(), lr=t.lr_d, **adam)
         decay = linear_decay(t.iterations, t.decay_start)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
-        self.dataset = build_dataset(cfg.data, cfg.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self._wrap_modules()
         self.step = 0
         self.checkpoints = CheckpointManager(os.path.join(t.out_dir, "checkpoints"), keep=t.keep_checkpoints)
+
+    def _wrap_modules(self) -> None:
+        """DDP around G and D when distributed, then torch.compile when asked (applied in place)."""
+        t = self.cfg.train
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model.generator = torch.nn.parallel.DistributedDataParallel(self.model.generator, device_ids=ids)
+            self.model.discriminator = torch.nn.parallel.DistributedDataParallel(self.model.discriminator,
+                                                                                device_ids=ids)
+        if t.compile:
+            self.model.generator = torch.compile(self.model.generator)
+            self.model.discriminator = torch.compile(self.model.discriminator)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
 
     # ----------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {
             "step": self.step,
             "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
+            "model": self._model_state(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "sched_g": self.sched_g.state_dict(), "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": rng_state(),
+            "world_size": self.dist.world_size,
         }
 
+    def _model_state(self) -> dict:
+        with unwrapped(self.model) as bare:
+            return bare.state_dict()
+
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        with unwrapped(self.model) as bare:
+            bare.load_state_dict(state["model"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
 
-    def save(self) -> str:
-        return self.checkpoints.save(self.state_dict(), self.step)
+    def save(self) -> str | None:
+        """Checkpoint from rank 0 (other ranks return None)."""
+        return self.checkpoints.save(self.state_dict(), self.step) if self.is_main else None
 
     def resume(self, source: str = "auto") -> str | None:
         """``auto``: newest usable checkpoint of this run, if any; a path: that file; ``none``: fresh start."""
@@ -116,42 +190,60 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ data
     def batches(self):
-        """Infinite iterator of device batches continuing from ``self.step``."""
+        """Infinite iterator of this rank's device batches continuing from ``self.step``."""
         d, t = self.cfg.data, self.cfg.train
+        global_batch = t.batch_size * self.dist.world_size
         sampler = ResumableSampler(len(self.dataset), seed=d.seed + t.seed, flip=d.flip,
-                                   start=self.step * t.batch_size)
+                                   start=self.step * global_batch, rank=self.dist.rank,
+                                   world_size=self.dist.world_size, batch_size=t.batch_size)
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=t.batch_size, sampler=sampler,
                                              collate_fn=collate, num_workers=d.num_workers,
-                                             pin_memory=self.device.type == "cuda")
+                                             pin_memory=self.device.type == "cuda",
+                                             persistent_workers=d.num_workers > 0)
+        memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         for batch in loader:
-            yield {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            moved = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            moved["image"] = moved["image"].contiguous(memory_format=memory_format)
+            yield moved
 
     def _instance(self, batch):
         return batch["instance"] if self.cfg.model.use_instance_edge else None
+
+    def _autocast(self):
+        precision = self.cfg.train.precision
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
     # ------------------------------------------------------------------------------------------ step
     def train_step(self, batch: dict) -> StepResult:
         """One generator step then one discriminator step (the SPADE/LGGAN order)."""
         labels, image, instance = batch["label"], batch["image"], self._instance(batch)
         self.model.train()
-        g_total, g_terms, _ = self.model.generator_loss(labels, image, instance)
-        self.opt_g.zero_grad(set_to_none=True)
-        g_total.backward()
-        self.opt_g.step()
-        with torch.no_grad():
+        # D's gradients from the generator loss are discarded, so D skips DDP's all-reduce there.
+        skip_d_sync = self.model.discriminator.no_sync() if self.dist.enabled else contextlib.nullcontext()
+        with skip_d_sync:
+            with self._autocast():
+                g_total, g_terms, _ = self.model.generator_loss(labels, image, instance)
+            self.opt_g.zero_grad(set_to_none=True)
+            self.scaler.scale(g_total).backward()
+        self.scaler.step(self.opt_g)
+        with torch.no_grad(), self._autocast():
             fake = self.model.generate(labels, instance)
-        d_total, d_terms = self.model.discriminator_loss(labels, image, fake, instance)
+        with self._autocast():
+            d_total, d_terms = self.model.discriminator_loss(labels, image, fake, instance)
         self.opt_d.zero_grad(set_to_none=True)
-        d_total.backward()
-        self.opt_d.step()
+        self.scaler.scale(d_total).backward()
+        self.scaler.step(self.opt_d)
+        self.scaler.update()
         self.sched_g.step()
         self.sched_d.step()
         self.step += 1
         losses = {"g_total": g_total.detach(), **g_terms, "d_total": d_total.detach(), **d_terms}
-        return StepResult(losses=losses, images=labels.shape[0])
+        return StepResult(losses=losses, images=labels.shape[0] * self.dist.world_size)
 
     @torch.no_grad()
-    def save_samples(self, batch: dict, path: str) -> None:
+    def save_samples(self, batch: dict, path: str):
         """Grid per sample: labels | real | global | local | final | local weight | global weight."""
         self.model.eval()
         out = self.model.generate(batch["label"], self._instance(batch))
@@ -162,42 +254,84 @@ class Trainer:
         columns.append(out.final)
         if out.weights is not None:
             columns += [(out.weights[:, i:i + 1] * 2 - 1).expand(-1, 3, -1, -1) for i in range(2)]
+        grid = make_grid(columns)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        save_image(make_grid(columns), path)
+        save_image(grid, path)
+        return grid
 
-    def fit(self, iterations: int | None = None, progress: bool = True, log=print) -> dict[str, float]:
+    def _tensorboard(self):
+        if not (self.cfg.train.tensorboard and self.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            warnings.warn("tensorboard is not installed: TensorBoard logging disabled (pip install tensorboard)")
+            return None
+        return SummaryWriter(os.path.join(self.cfg.train.out_dir, "tensorboard"))
+
+    def fit(self, iterations: int | None = None, progress: bool = True) -> dict[str, float]:
         """Trains until ``iterations`` total steps (default: the config's). Returns the last logged losses."""
         from tqdm import tqdm
 
         t = self.cfg.train
         total = t.iterations if iterations is None else iterations
-        os.makedirs(t.out_dir, exist_ok=True)
-        log_path = os.path.join(t.out_dir, "log.jsonl")
+        if self.step >= total:
+            return {}
+        main = self.is_main
+        if main:
+            os.makedirs(t.out_dir, exist_ok=True)
+        log_file = open(os.path.join(t.out_dir, "log.jsonl"), "a") if main else None
+        writer = self._tensorboard()
         last: dict[str, float] = {}
-        bar = tqdm(total=total, initial=self.step, disable=not progress, unit="it", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.step, disable=not (progress and main), unit="it", dynamic_ncols=True)
         sample_batch = None
         window_start, window_images = time.perf_counter(), 0
-        with open(log_path, "a") as log_file:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        try:
             for batch in self.batches():
-                if self.step >= total:
-                    break
                 if sample_batch is None:
                     sample_batch = {k: v[: min(4, len(v))] for k, v in batch.items()}
                 result = self.train_step(batch)
                 window_images += result.images
                 bar.update(1)
                 if self.step % t.log_every == 0 or self.step == total:
-                    # The only host synchronisation of the loop: every log_every steps.
-                    last = {k: float(v) for k, v in result.losses.items()}
-                    elapsed = time.perf_counter() - window_start
-                    rate = window_images / max(elapsed, 1e-9)
+                    last = self._log(result, window_start, window_images, bar, log_file, writer)
                     window_start, window_images = time.perf_counter(), 0
-                    bar.set_postfix(img_s=f"{rate:.2f}", g=f"{last['g_total']:.3f}", d=f"{last['d_total']:.3f}")
-                    log_file.write(json.dumps({"step": self.step, "images_per_s": rate, **last}) + "\n")
-                    log_file.flush()
-                if self.step % t.sample_every == 0 or self.step == total:
-                    self.save_samples(sample_batch, os.path.join(t.out_dir, "samples", f"step_{self.step:08d}.png"))
+                if main and (self.step % t.sample_every == 0 or self.step == total):
+                    grid = self.save_samples(sample_batch, os.path.join(t.out_dir, "samples",
+                                                                        f"step_{self.step:08d}.png"))
+                    if writer is not None:
+                        writer.add_image("samples", (grid + 1) / 2, self.step)
                 if self.step % t.checkpoint_every == 0 or self.step == total:
                     self.save()
-        bar.close()
+                if self.step >= total:
+                    break
+        finally:
+            bar.close()
+            if log_file is not None:
+                log_file.close()
+            if writer is not None:
+                writer.close()
+        return last
+
+    def _log(self, result: StepResult, window_start, window_images, bar, log_file, writer) -> dict[str, float]:
+        """Averages the step's losses over ranks and writes them (the loop's only host synchronisation)."""
+        names = sorted(result.losses)
+        stacked = torch.stack([result.losses[k].float() for k in names])
+        values = all_reduce_mean_(stacked, self.dist).tolist()
+        last = dict(zip(names, values))
+        rate = window_images / max(time.perf_counter() - window_start, 1e-9)
+        record = {"step": self.step, "images_per_s": rate, **last}
+        if self.device.type == "cuda":
+            record["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.is_main:
+            bar.set_postfix(img_s=f"{rate:.2f}", g=f"{last['g_total']:.3f}", d=f"{last['d_total']:.3f}")
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        writer.add_scalar(key, value, self.step)
         return last
