@@ -169,3 +169,25 @@ def test_two_process_gloo_equals_single_process_over_the_global_batch(tmp_path):
     for name, want in expected_params.items():
         lr = single_cfg.train.lr_g if name.startswith("generator.") else single_cfg.train.lr_d
         torch.testing.assert_close(got_params[name], want, rtol=0, atol=0.1 * lr, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_tensorboard_and_jsonl_logging(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard", reason="tensorboard not installed")
+    cfg = tiny_config(tmp_path, iterations=2, tensorboard=True, sample_every=2)
+    Trainer(cfg).fit(progress=False)
+    events = [f for f in os.listdir(tmp_path / "tensorboard") if f.startswith("events.out.tfevents")]
+    assert events and os.path.getsize(tmp_path / "tensorboard" / events[0]) > 0
+    records = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in records] == [1, 2] and all(r["images_per_s"] > 0 for r in records)
+    assert os.path.isfile(tmp_path / "samples" / "step_00000002.png")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_are_finite(tmp_path, precision):
+    if precision == "fp16" and not torch.cuda.is_available():
+        pytest.skip("fp16 autocast with GradScaler is a CUDA path (V100); CPU autocast is bf16")
+    trainer = Trainer(tiny_config(tmp_path, iterations=1, precision=precision))
+    batch = next(trainer.batches())
+    result = trainer.train_step(batch)
+    assert all(torch.isfinite(v) for v in result.losses.values())
+    assert trainer.state_dict()["scaler"] is not None
