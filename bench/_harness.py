@@ -61,7 +61,8 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        name = (f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                f"{torch.get_num_threads()} threads)")
     return {"device": name, "device_type": device.type, "torch": torch.__version__, "triton": triton_version,
             "cuda": torch.version.cuda, "python": platform.python_version(), "git_commit": commit,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
