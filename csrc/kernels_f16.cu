@@ -1,0 +1,4 @@
+// Instantiates every class_conv / onehot_conv kernel for storage type __half (see kernels_explicit.cuh).
+#include "kernels_explicit.cuh"
+
+SEMGAN_INSTANTIATE_KERNELS(__half)
