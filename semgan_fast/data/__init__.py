@@ -1,20 +1,54 @@
 """Datasets and samplers."""
-from .sampler import ResumableSampler, collate
+import torch
+
+from .sampler import ResumableSampler
+from .sampler import collate as _collate_base
 from .synthetic import SyntheticScenes
 
 __all__ = ["SyntheticScenes", "ResumableSampler", "collate", "build_dataset"]
 
+# Optional per-item tensors stacked by ``collate`` besides label / image / instance.
+EXTRA_KEYS = ("edge", "source")
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack dataset items into a batch: label, image, instance, and when present "edge" (ECGAN) and
+    "source" (cross-view source view); "index" stays a list."""
+    batch = _collate_base(items)
+    for key in EXTRA_KEYS:
+        if key in items[0]:
+            batch[key] = torch.stack([it[key] for it in items])
+    return batch
+
 
 def build_dataset(data_cfg, model_cfg, split: str | None = None):
-    """Dataset for a DataConfig at the model's resolution and class count."""
+    """Dataset for a DataConfig at the model's resolution and class count.
+
+    Synthetic data adapt to the model: ECGAN items carry Canny edges ("edge"); cross-view items carry a
+    paired source view ("source", ``SyntheticCrossView``). Dayton and CVUSA: ``CrossViewPanels``."""
+    from ..config import model_type_of
     from .real import ADE20K, COCOStuff, Cityscapes
 
     size = dict(num_classes=model_cfg.num_classes, height=model_cfg.height, width=model_cfg.width)
+    model_type = model_type_of(model_cfg)
     if data_cfg.dataset == "synthetic":
-        return SyntheticScenes(num_samples=data_cfg.num_samples, seed=data_cfg.seed, **size)
+        if model_type == "lggan-crossview":
+            from .crossview import SyntheticCrossView
+
+            return SyntheticCrossView(num_samples=data_cfg.num_samples, seed=data_cfg.seed, **size)
+        return SyntheticScenes(num_samples=data_cfg.num_samples, seed=data_cfg.seed,
+                               with_edges=model_type == "ecgan", **size)
+    if data_cfg.dataset in ("dayton", "cvusa"):
+        from .crossview import CrossViewPanels
+
+        if not data_cfg.root:
+            raise ValueError(f"dataset={data_cfg.dataset!r} needs a root directory (--data-root)")
+        return CrossViewPanels(data_cfg.root, split or "train", direction=getattr(data_cfg, "direction", "a2g"),
+                               **size)
     loaders = {"cityscapes": (Cityscapes, "train"), "ade20k": (ADE20K, "training"), "coco_stuff": (COCOStuff, "train")}
     if data_cfg.dataset not in loaders:
-        raise ValueError(f"dataset must be one of {['synthetic', *loaders]}, got {data_cfg.dataset!r}")
+        raise ValueError(f"dataset must be one of {['synthetic', 'dayton', 'cvusa', *loaders]}, "
+                         f"got {data_cfg.dataset!r}")
     if not data_cfg.root:
         raise ValueError(f"dataset={data_cfg.dataset!r} needs a root directory (--data-root)")
     loader, default_split = loaders[data_cfg.dataset]

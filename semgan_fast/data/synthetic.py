@@ -10,7 +10,8 @@ files. A label map of K classes holds three kinds of structure, mirroring street
 The image colours every pixel by its class: a fixed per-class base colour plus a per-class oriented
 sinusoidal texture and a little noise, so the mapping label -> image is learnable but not trivial.
 The instance map gives every object its own id (regions share one id per class), from which the
-instance-edge channel is computed.
+instance-edge channel is computed. With ``with_edges=True`` items also hold "edge": the Canny edges
+of the (flipped) image (``semgan_fast.edges.canny``, ECGAN's ground-truth edges).
 """
 from __future__ import annotations
 
@@ -57,16 +58,18 @@ class SyntheticScenes(torch.utils.data.Dataset):
         image:    float32 [3, H, W] in [-1, 1]
         instance: int64 [H, W], instance ids (objects unique, regions one id per class)
         index:    int
+        edge:     float32 [1, H, W] in {0, 1}, Canny edges of the image (only with ``with_edges=True``)
     """
 
     def __init__(self, num_classes: int = 8, height: int = 64, width: int = 128, num_samples: int = 64,
-                 seed: int = 0):
+                 seed: int = 0, with_edges: bool = False):
         if height < 8 or width < 8:
             raise ValueError(f"height and width must be >= 8, got {height}x{width}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.num_classes, self.height, self.width = num_classes, height, width
         self.num_samples, self.seed = num_samples, seed
+        self.with_edges = with_edges
         self.roles = ClassRoles.for_classes(num_classes)
         self.appearance = _class_appearance(num_classes, seed)
 
@@ -81,7 +84,12 @@ class SyntheticScenes(torch.utils.data.Dataset):
         image = self.render(label, index)
         if flip:
             label, instance, image = label.flip(-1), instance.flip(-1), image.flip(-1)
-        return {"label": label, "image": image, "instance": instance, "index": index}
+        item = {"label": label, "image": image, "instance": instance, "index": index}
+        if self.with_edges:
+            from ..edges import canny
+
+            item["edge"] = canny(image.unsqueeze(0))[0].to(torch.float32)
+        return item
 
     def _rng(self, index: int, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed(((self.seed * 1_000_003 + index) * 7 + stream) & 0x7FFF_FFFF_FFFF)

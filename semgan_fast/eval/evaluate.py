@@ -45,7 +45,7 @@ from .metrics import (confusion_matrix, load_segmenter, psnr, segment, segmentat
                       ssim)
 
 # Validation split of each real data set (the papers evaluate on it); synthetic data has one split.
-EVAL_SPLITS = {"cityscapes": "val", "ade20k": "validation", "coco_stuff": "val"}
+EVAL_SPLITS = {"cityscapes": "val", "ade20k": "validation", "coco_stuff": "val", "dayton": "test", "cvusa": "test"}
 
 GeneratorFn = Callable[[dict], torch.Tensor]
 
@@ -84,23 +84,14 @@ def _versions(device: torch.device) -> dict:
     return versions
 
 
-def _build_generator(state: dict, cfg: ExperimentConfig, device: torch.device, checkpoint_path: str) -> GeneratorFn:
-    from ..models import LGGANModel
+def _build_generator(state: dict, device: torch.device, checkpoint_path: str) -> GeneratorFn:
+    """The checkpoint's generator (any model type) as a batch -> images function."""
+    from ..models import build_generator_fn
 
-    model = LGGANModel(dataclasses.replace(cfg.model, use_vgg=False))
-    # VGG weights are a training-only dependency: drop them before loading.
-    weights = {k: v for k, v in state["model"].items() if not k.startswith("vgg.")}
     try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {checkpoint_path!r} does not fit its own model config: {exc}") from exc
-    model.to(device).eval()
-    use_instance = cfg.model.use_instance_edge
-
-    def generate(batch: dict) -> torch.Tensor:
-        return model.generate(batch["label"], batch["instance"] if use_instance else None).final
-
-    return generate
+        return build_generator_fn(state, device)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {checkpoint_path!r}: {exc}") from exc
 
 
 def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | None = None,
@@ -182,7 +173,7 @@ def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | No
         if weights_path is not None:
             inception = load_inception(weights_path, dev)
 
-    gen = generator_fn if generator_fn is not None else _build_generator(state, cfg, dev, checkpoint_path)
+    gen = generator_fn if generator_fn is not None else _build_generator(state, dev, checkpoint_path)
 
     hook = None
     if segmenter is None:

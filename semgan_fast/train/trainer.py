@@ -1,4 +1,5 @@
-"""LGGAN trainer: TTUR Adam, linear LR decay, one generator and one discriminator step per iteration.
+"""Trainer (LGGAN, ECGAN, cross-view LGGAN: the model class follows the config, ``models.build_model``):
+TTUR Adam, linear LR decay, one generator and one discriminator step per iteration.
 
 - Distributed: under ``torchrun`` the generator and discriminator are wrapped in
   DistributedDataParallel (NCCL on GPU, gloo on CPU); each rank draws its slice of the global batch
@@ -26,7 +27,7 @@ import torch
 from ..config import ExperimentConfig
 from ..data import ResumableSampler, build_dataset, collate
 from ..imageio import colorize_labels, make_grid, save_image
-from ..models import LGGANModel
+from ..models import LGGANModel, build_model
 from .checkpoint import CheckpointManager, load_checkpoint
 from .distributed import DistInfo, all_reduce_mean_, init_from_env
 
@@ -110,7 +111,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         np.random.seed(t.seed)
         random.seed(t.seed)
-        self.model = LGGANModel(cfg.model).to(self.device)
+        self.model = build_model(cfg.model).to(self.device)
         if t.channels_last:
             self.model.to(memory_format=torch.channels_last)
         fused = t.fused_adam if t.fused_adam is not None else self.device.type == "cuda"
@@ -207,6 +208,11 @@ class Trainer:
             yield moved
 
     def _instance(self, batch):
+        """The model's third input: ``model.condition(batch)`` when the model defines it (cross-view: the
+        source view), else the instance map (when the config uses instance edges)."""
+        condition = getattr(self.model, "condition", None)
+        if condition is not None:
+            return condition(batch)
         return batch["instance"] if self.cfg.model.use_instance_edge else None
 
     def _autocast(self):
@@ -244,16 +250,22 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self, batch: dict, path: str):
-        """Grid per sample: labels | real | global | local | final | local weight | global weight."""
+        """Grid per sample: labels | real | the output's ``sample_columns()`` when it has them (ECGAN: edge,
+        attention, I', I_g, I''; cross-view: source view first), else LGGAN's global | local | final |
+        local weight | global weight."""
         self.model.eval()
         out = self.model.generate(batch["label"], self._instance(batch))
         self.model.train()
-        columns = [colorize_labels(batch["label"], self.cfg.model.num_classes), batch["image"], out.global_image]
-        if out.local_image is not None:
-            columns.append(out.local_image)
-        columns.append(out.final)
-        if out.weights is not None:
-            columns += [(out.weights[:, i:i + 1] * 2 - 1).expand(-1, 3, -1, -1) for i in range(2)]
+        columns = [colorize_labels(batch["label"], self.cfg.model.num_classes), batch["image"]]
+        if hasattr(out, "sample_columns"):
+            columns += out.sample_columns()
+        else:
+            columns.append(out.global_image)
+            if out.local_image is not None:
+                columns.append(out.local_image)
+            columns.append(out.final)
+            if out.weights is not None:
+                columns += [(out.weights[:, i:i + 1] * 2 - 1).expand(-1, 3, -1, -1) for i in range(2)]
         grid = make_grid(columns)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_image(grid, path)
