@@ -18,6 +18,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .bench_cli import add_bench_parser
 from .config import MODEL_TYPES, PRESETS, ExperimentConfig, preset, preset_for
 
 
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--model", choices=list(MODEL_TYPES), help="model type; --preset is then a short name")
     cfg.add_argument("--preset", default="synthetic")
     cfg.set_defaults(func=cmd_config)
+    add_bench_parser(sub)
     return parser
 
 
