@@ -54,7 +54,6 @@ def _cuda_extension():
     if os.path.isdir(nv_inc):
         include_dirs.append(nv_inc)
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
-    sources = [s for s in sources if not os.path.basename(s).startswith("trt_")]
     if not sources:
         return [], {}
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):

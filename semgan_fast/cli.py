@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .bench_cli import add_bench_parser
+from .export.cli import add_export_parsers
 from .config import MODEL_TYPES, PRESETS, ExperimentConfig, preset, preset_for
 
 
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--preset", default="synthetic")
     cfg.set_defaults(func=cmd_config)
     add_bench_parser(sub)
+    add_export_parsers(sub)
     return parser
 
 

@@ -1,0 +1,583 @@
+"""Inference-only generators for export (ONNX, TensorRT) and fast eager inference.
+
+LGGAN has a dedicated module (``LGGANInference``, everything below). ECGAN goes through the generic
+path (``GenericInference``): the same folding of spectral norm, eval mode and removal of its training
+heads (contrastive projection head; the class-specific generator when its image does not feed G_s),
+but batch norms are not folded, fp32 only, and its resolution is fixed by the config (dynamic batch).
+
+``build_inference_generator(source)`` turns a trained generator (``LGGANGenerator``, an ``LGGANModel``,
+a checkpoint dict or a checkpoint path) into an ``nn.Module`` that maps
+
+    forward(labels [B,H,W] int32/int64, edge [B,1,H,W] float | None) -> image [B,3,H,W] float32 in [-1, 1]
+
+and differs from the training generator only in ways that are exact in real arithmetic:
+
+- eval mode, no training heads: the classification module (class scores) is dropped; only the fused
+  image I^C is produced (the local/global images and weights stay internal);
+- spectral norm folded: each parametrised weight is replaced by W / sigma computed from the stored
+  singular vectors (the value eval mode uses; no power iteration at inference);
+- batch norm folded: SPADE's parameter-free batch norm (running statistics) is an affine map
+  x * a + c per channel; with out = (x a + c)(1 + gamma) + beta it becomes out = x * G + B, where
+  G = conv(actv, a W_gamma) + a (1 + b_gamma) and B = conv(actv, W_beta + c W_gamma) + c (1 + b_gamma)
+  + b_beta, so the norm disappears into the modulation convs. Instance norms (encoder, local branch,
+  and SPADE with param_free_norm="instance") have no running statistics and stay, computed in fp32;
+- per SPADE block one ``onehot_conv`` with the concatenated shared-conv weights of its 2-3 SPADE
+  layers (they read the same label map), and gamma/beta as one conv with 2C output channels;
+- the encoder's nearest resize to the SPADE latent and the per-layer label resizes are strided slices
+  (exact for the integer factors involved), so batch, height and width can be dynamic (H, W
+  multiples of 2**n_up, n_up = 5/6/7 for normal/more/most).
+
+No Python branching on tensor values: only on the configuration, so torch.export / ONNX export see one
+graph for every input.
+
+Precision (``dtype``): convolutions and the class ops run in ``dtype`` (fp32, fp16 or bf16); instance
+norms, the final tanh, the weight-map softmax and the fusion run in fp32; the output is fp32.
+
+Class ops (``ops_backend``, changeable with ``set_ops_backend``):
+- "auto" / "cpu" / "triton" / "cuda": the fused ``semgan::class_conv`` / ``semgan::onehot_conv`` custom
+  ops (what the deploy ONNX graph maps to custom-domain nodes, and TensorRT to plugins);
+- "reference": the papers' naive formulation (K masked convolutions; one_hot + cat + conv);
+- "decomposed": exact standard-op decompositions that ONNX runtimes execute (``class_conv_decomposed``:
+  one-hot mask, masked copy, grouped conv with K groups; ``onehot_conv_decomposed``: Equal + Cast
+  one-hot, concat, pad, conv). Used for the reference ONNX graph.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import importlib
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import parametrize
+
+from semgan_fast.config import ExperimentConfig, LGGANConfig
+from semgan_fast.models.layers import OneHotConv2d
+from semgan_fast.models.lggan import LGGANGenerator, LGGANModel
+from semgan_fast.models.spade import SPADE, UPSAMPLING_LAYERS, SPADEResnetBlock
+from semgan_fast.models.sync_norm import ParamFreeSyncBatchNorm
+from semgan_fast.ops._dispatch import ENV_OVERRIDE
+from semgan_fast.ops.class_conv import class_conv
+from semgan_fast.ops.onehot_conv import onehot_conv
+
+OPS_BACKENDS = ("auto", "reference", "decomposed", "cpu", "triton", "cuda")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact standard-op decompositions (reference ONNX graph)
+# ----------------------------------------------------------------------------------------------
+
+def _class_mask(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B,H,W] int -> [B,K,H,W] one-hot in dtype via Equal + Cast (labels outside [0, K) -> all zero)."""
+    classes = torch.arange(num_classes, device=labels.device, dtype=labels.dtype).view(1, num_classes, 1, 1)
+    return (labels.unsqueeze(1) == classes).to(dtype)
+
+
+def class_conv_decomposed(x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          padding_mode: str = "reflect", activation: str | None = None) -> torch.Tensor:
+    """``class_conv`` as a masked grouped convolution (standard ops only, no gather).
+
+    x [B,C,H,W], labels [B,H,W] int, weight [K,O,C,k,k], bias [K,O] | None -> [B,K,O,H,W] in x's dtype.
+    Group c of the conv sees x * (labels == c), padded (reflect or zeros) like the reference: each
+    group is exactly the reference's class-c convolution. Memory: a [B, K*C, H, W] masked copy.
+    """
+    num_classes, out_ch, _, kernel, _ = weight.shape
+    pad = kernel // 2
+    mask = _class_mask(labels, num_classes, x.dtype)                       # [B,K,H,W]
+    masked = (x.unsqueeze(1) * mask.unsqueeze(2)).flatten(1, 2)             # [B,K*C,H,W]
+    if pad:
+        masked = F.pad(masked, (pad,) * 4, mode="reflect" if padding_mode == "reflect" else "constant")
+    out = F.conv2d(masked, weight.flatten(0, 1), None if bias is None else bias.flatten(), groups=num_classes)
+    if activation == "tanh":
+        out = torch.tanh(out)
+    return out.unflatten(1, (num_classes, out_ch))
+
+
+def onehot_conv_decomposed(labels: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor,
+                           bias: torch.Tensor | None = None, padding: int = 0, padding_mode: str = "zeros",
+                           stride: int = 1) -> torch.Tensor:
+    """``onehot_conv`` as Equal + Cast one-hot, concat, pad, conv. Shapes as ``ops.onehot_conv``."""
+    n_extra = 0 if extra is None else extra.shape[1]
+    inp = _class_mask(labels, weight.shape[1] - n_extra, weight.dtype)
+    if n_extra:
+        inp = torch.cat([inp, extra.to(weight.dtype)], dim=1)
+    if padding:
+        inp = F.pad(inp, (padding,) * 4, mode="reflect" if padding_mode == "reflect" else "constant")
+    return F.conv2d(inp, weight, bias, stride=stride)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+
+class OpsSettings:
+    """Which implementation the class ops of one inference generator use (shared by its submodules;
+    one instance per generator, so generators do not affect each other)."""
+
+    def __init__(self, backend: str = "auto"):
+        self.backend = _check_backend(backend)
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in OPS_BACKENDS:
+        raise ValueError(f"ops_backend must be one of {OPS_BACKENDS}, got {backend!r}")
+    return backend
+
+
+class InferenceOneHotConv(nn.Module):
+    """onehot_conv with fixed weights: forward(labels [B,H,W] int, extra [B,E,H,W] | None) -> [B,O,Ho,Wo]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+                 padding_mode: str, ops: OpsSettings):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.stride, self.padding, self.padding_mode = stride, padding, padding_mode
+        self.ops = ops
+
+    def forward(self, labels: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        if extra is not None:
+            extra = extra.to(self.weight.dtype)
+        if self.ops.backend == "decomposed":
+            return onehot_conv_decomposed(labels, extra, self.weight, self.bias, self.padding, self.padding_mode,
+                                          self.stride)
+        return onehot_conv(labels, extra, self.weight, self.bias, padding=self.padding,
+                           padding_mode=self.padding_mode, stride=self.stride, backend=self.ops.backend)
+
+
+class InferenceClassConv(nn.Module):
+    """class_conv with fixed weights: forward(x [B,C,H,W], labels [B,H,W]) -> [B,K,O,H,W]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, padding_mode: str, activation: str | None,
+                 ops: OpsSettings):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.padding_mode, self.activation = padding_mode, activation
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.ops.backend == "decomposed":
+            return class_conv_decomposed(x, labels, self.weight, self.bias, self.padding_mode, self.activation)
+        return class_conv(x, labels, self.weight, self.bias, padding_mode=self.padding_mode,
+                          activation=self.activation, backend=self.ops.backend)
+
+
+class InstanceNormFP32(nn.Module):
+    """Affine-free instance norm computed in fp32, result cast back to the input dtype."""
+
+    def __init__(self, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x.float(), eps=self.eps).to(x.dtype)
+
+
+def _convert_norms(module: nn.Module) -> nn.Module:
+    """Copy of a Sequential-style module with affine-free InstanceNorm2d -> InstanceNormFP32 and
+    in-place ReLUs made out-of-place (export-friendly)."""
+    module = copy.deepcopy(module)
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.InstanceNorm2d):
+            if child.affine or child.track_running_stats:
+                raise ValueError(f"{name}: only affine-free instance norms without running stats are supported")
+            setattr(module, name, InstanceNormFP32(child.eps))
+        elif isinstance(child, nn.ReLU):
+            setattr(module, name, nn.ReLU())
+        else:
+            setattr(module, name, _convert_norms(child))
+    return module
+
+
+def fold_spectral_norm(module: nn.Module) -> nn.Module:
+    """In place: every parametrised ``weight`` becomes a plain parameter holding its eval-mode value
+    (spectral norm: W / sigma from the stored singular vectors, no power iteration). Returns module.
+
+    Call it on a deep copy. ``parametrize.remove_parametrizations`` is not used: it deletes the
+    property from the generated ``Parametrized*`` class, which a deep copy shares with the original."""
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for sub in list(module.modules()):
+            if parametrize.is_parametrized(sub, "weight"):
+                if len(sub.parametrizations) != 1:
+                    raise ValueError(f"only a parametrised 'weight' is supported, got {list(sub.parametrizations)}")
+                weight = sub.weight.detach().clone()
+                sub.__class__ = parametrize.type_before_parametrizations(sub)
+                del sub._modules["parametrizations"]
+                sub.weight = nn.Parameter(weight, requires_grad=False)
+    module.train(was_training)
+    return module
+
+
+def _affine_of_norm(norm: nn.Module, channels: int):
+    """(a, c) with norm(x) = x * a + c per channel (batch norms in eval mode), or None (instance norm)."""
+    if isinstance(norm, (nn.BatchNorm2d, ParamFreeSyncBatchNorm)):
+        if getattr(norm, "affine", False):
+            raise ValueError("SPADE's parameter-free norm must not have affine parameters")
+        mean = norm.running_mean.double()
+        var = norm.running_var.double()
+        a = torch.rsqrt(var + norm.eps)
+        return a, -mean * a
+    if isinstance(norm, nn.InstanceNorm2d):
+        return None
+    raise ValueError(f"unsupported SPADE norm {type(norm).__name__}")
+
+
+class InferenceSPADE(nn.Module):
+    """out = n(x) * G + B with [G, B] = conv(actv) (one conv, 2C channels); n = identity when a batch
+    norm was folded into G, B, else fp32 instance norm. actv: the block's shared one-hot activations."""
+
+    def __init__(self, spade: SPADE):
+        super().__init__()
+        channels = spade.mlp_gamma.out_channels
+        wg, bg = spade.mlp_gamma.weight.double(), spade.mlp_gamma.bias.double()
+        wb, bb = spade.mlp_beta.weight.double(), spade.mlp_beta.bias.double()
+        affine = _affine_of_norm(spade.param_free_norm, channels)
+        if affine is None:
+            self.norm = InstanceNormFP32(spade.param_free_norm.eps)
+            w_g, b_g, w_b, b_b = wg, bg + 1, wb, bb
+        else:
+            self.norm = nn.Identity()
+            a, c = affine
+            w_g, b_g = wg * a.view(-1, 1, 1, 1), a * (1 + bg)
+            w_b, b_b = wb + c.view(-1, 1, 1, 1) * wg, c * (1 + bg) + bb
+        dtype = spade.mlp_gamma.weight.dtype
+        pad = spade.mlp_gamma.padding
+        self.channels = channels
+        self.gamma_beta = nn.Conv2d(wg.shape[1], 2 * channels, wg.shape[-1], padding=pad)
+        with torch.no_grad():
+            self.gamma_beta.weight.copy_(torch.cat([w_g, w_b]).to(dtype))
+            self.gamma_beta.bias.copy_(torch.cat([b_g, b_b]).to(dtype))
+        self.gamma_beta.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, actv: torch.Tensor) -> torch.Tensor:
+        gb = self.gamma_beta(actv)
+        return self.norm(x) * gb[:, :self.channels] + gb[:, self.channels:]
+
+
+class InferenceSPADEBlock(nn.Module):
+    """SPADE residual block with one shared onehot_conv for its SPADE layers (norm_0, norm_1[, norm_s])."""
+
+    def __init__(self, block: SPADEResnetBlock, ops: OpsSettings):
+        super().__init__()
+        spades = [block.norm_0, block.norm_1] + ([block.norm_s] if block.learned_shortcut else [])
+        shared = [s.mlp_shared for s in spades]
+        first: OneHotConv2d = shared[0]
+        for s in shared:
+            if (s.kernel_size, s.padding, s.stride, s.padding_mode, s.num_classes, s.extra_channels) != \
+                    (first.kernel_size, first.padding, first.stride, first.padding_mode, first.num_classes,
+                     first.extra_channels):
+                raise ValueError("the SPADE layers of one block must share the one-hot conv geometry")
+        self.hidden = first.out_channels
+        weight = torch.cat([s.weight for s in shared])
+        bias = torch.cat([s.bias for s in shared]) if first.bias is not None else None
+        self.shared = InferenceOneHotConv(weight, bias, first.stride, first.padding, first.padding_mode, ops)
+        self.spade_0 = InferenceSPADE(block.norm_0)
+        self.spade_1 = InferenceSPADE(block.norm_1)
+        self.learned_shortcut = block.learned_shortcut
+        self.conv_0 = copy.deepcopy(block.conv_0)
+        self.conv_1 = copy.deepcopy(block.conv_1)
+        if self.learned_shortcut:
+            self.spade_s = InferenceSPADE(block.norm_s)
+            self.conv_s = copy.deepcopy(block.conv_s)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        actv = F.relu(self.shared(labels, extra))
+        hid = self.hidden
+        dx = self.conv_0(F.leaky_relu(self.spade_0(x, actv[:, :hid]), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.spade_1(dx, actv[:, hid:2 * hid]), 0.2))
+        x_s = self.conv_s(self.spade_s(x, actv[:, 2 * hid:])) if self.learned_shortcut else x
+        return x_s + dx
+
+
+def _at_stride(labels: torch.Tensor, extra: torch.Tensor | None, stride: int):
+    """Nearest downsample by an integer factor = strided slice (F.interpolate "nearest" semantics)."""
+    if stride == 1:
+        return labels, extra
+    return labels[:, ::stride, ::stride], (None if extra is None else extra[:, :, ::stride, ::stride])
+
+
+# ----------------------------------------------------------------------------------------------
+# LGGAN
+# ----------------------------------------------------------------------------------------------
+
+class LGGANInference(nn.Module):
+    """Inference-only LGGAN generator (see module docstring). Dynamic batch and resolution.
+
+    forward(labels [B,H,W] int32/int64 in [0, K), edge [B,1,H,W] float | None) -> [B,3,H,W] float32.
+    ``edge`` is required iff ``cfg.use_instance_edge``. H, W must be multiples of ``self.size_multiple``.
+    """
+
+    def __init__(self, generator: LGGANGenerator, dtype: torch.dtype = torch.float32, ops_backend: str = "auto"):
+        super().__init__()
+        if not isinstance(generator, LGGANGenerator):
+            raise ValueError(f"generator must be an LGGANGenerator, got {type(generator).__name__}")
+        cfg: LGGANConfig = generator.cfg
+        self.cfg = cfg
+        self.ops = OpsSettings(ops_backend)
+        gen = fold_spectral_norm(copy.deepcopy(generator).float().eval())
+        self.dynamic_resolution = True
+        self.n_up = UPSAMPLING_LAYERS[cfg.num_upsampling_layers]
+        self.size_multiple = 2 ** self.n_up
+        self.num_classes = cfg.num_classes
+        self.use_edge = cfg.use_instance_edge
+        # Encoder
+        enc = gen.encoder
+        conv1 = enc.conv1
+        self.enc_conv1 = InferenceOneHotConv(conv1.weight, conv1.bias, conv1.stride, conv1.padding,
+                                             conv1.padding_mode, self.ops)
+        self.enc_norm1 = InstanceNormFP32(enc.norm1.eps)
+        self.enc_down = nn.ModuleList([_convert_norms(d) for d in enc.down])
+        self.latent_stride = 2 ** (self.n_up - len(enc.down))   # encoder output H/16 -> latent H/2^n_up
+        # Global generator
+        g = gen.global_generator
+        names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
+        if g.num_upsampling_layers == "most":
+            names.append("up_4")
+        self.block_names = names
+        self.blocks = nn.ModuleDict({n: InferenceSPADEBlock(getattr(g, n), self.ops) for n in names})
+        self.conv_img = copy.deepcopy(g.conv_img)
+        self.extra_up = g.num_upsampling_layers in ("more", "most")
+        # Local generator and weight map (the classifier is a training head: dropped)
+        self.use_local = gen.local_generator is not None
+        if self.use_local:
+            loc = gen.local_generator
+            self.local_trunk = _convert_norms(loc.trunk)
+            self.local_up = _convert_norms(loc.up)
+            self.class_conv = InferenceClassConv(loc.class_weight, loc.class_bias, "reflect", "tanh", self.ops)
+            self.combine = loc.combine
+            self.fuse = copy.deepcopy(loc.fuse) if loc.fuse is not None else None
+            self.local_classes = (cfg.local_classes if cfg.local_classes is not None
+                                  and cfg.local_classes < cfg.num_classes else None)
+            self.weight_map = None
+            if gen.weight_map is not None:
+                self.weight_map = nn.ModuleDict({"up": _convert_norms(gen.weight_map.up),
+                                                 "out": copy.deepcopy(gen.weight_map.out)})
+        self.requires_grad_(False)
+        self.eval()
+        self.to(dtype)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_img.weight.dtype
+
+    def set_ops_backend(self, backend: str) -> "LGGANInference":
+        self.ops.backend = _check_backend(backend)
+        return self
+
+    def input_names(self) -> list[str]:
+        return ["labels", "edge"] if self.use_edge else ["labels"]
+
+    def example_inputs(self, batch: int = 1, height: int | None = None, width: int | None = None,
+                       device="cpu", seed: int = 0) -> tuple:
+        """Random (labels int32 [B,H,W], edge float32 [B,1,H,W] | None) of the given size (default: cfg's)."""
+        gen = torch.Generator().manual_seed(seed)
+        h, w = height or self.cfg.height, width or self.cfg.width
+        labels = torch.randint(0, self.num_classes, (batch, h, w), generator=gen, dtype=torch.int32)
+        edge = (torch.rand(batch, 1, h, w, generator=gen) < 0.1).float() if self.use_edge else None
+        return labels.to(device), (None if edge is None else edge.to(device))
+
+    def _spade(self, name: str, x, labels, edge, stride):
+        lab, ext = _at_stride(labels, edge, stride)
+        return self.blocks[name](x, lab, ext)
+
+    def forward(self, labels: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
+        if labels.dim() != 3 or labels.dtype.is_floating_point:
+            raise ValueError(f"labels must be an integer [B, H, W] tensor, got {labels.dtype} {tuple(labels.shape)}")
+        height, width = labels.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(f"labels height and width must be multiples of {self.size_multiple}, "
+                             f"got {height}x{width}")
+        if self.use_edge and edge is None:
+            raise ValueError("this generator uses the instance-edge channel: pass edge [B,1,H,W]")
+        extra = edge if self.use_edge else None
+        dtype = self.dtype
+        # Encoder (E)
+        x = F.relu(self.enc_norm1(self.enc_conv1(labels, extra)))
+        x = self.enc_down[0](x)
+        x_encode = self.enc_down[1](x)
+        x = self.enc_down[3](self.enc_down[2](x_encode))
+        x = x[:, :, ::self.latent_stride, ::self.latent_stride]     # nearest resize to the latent size
+        # Global generator (G_g): the label stride halves with every 2x upsampling
+        stride = self.size_multiple
+        x = self._spade("head_0", x, labels, extra, stride)
+        x, stride = _up(x), stride // 2
+        x = self._spade("G_middle_0", x, labels, extra, stride)
+        if self.extra_up:
+            x, stride = _up(x), stride // 2
+        x = self._spade("G_middle_1", x, labels, extra, stride)
+        for name in ("up_0", "up_1", "up_2", "up_3") + (("up_4",) if "up_4" in self.blocks else ()):
+            x, stride = _up(x), stride // 2
+            x = self._spade(name, x, labels, extra, stride)
+        global_image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)).float())
+        if not self.use_local:
+            return global_image
+        # Local generator (G_l)
+        local_labels = labels if self.local_classes is None else labels.clamp_max(self.local_classes)
+        features = self.local_up(self.local_trunk(x_encode))
+        per_class = self.class_conv(features, local_labels)                      # [B,G,3,H,W]
+        if self.combine == "add":
+            local_image = per_class.float().sum(dim=1)
+        else:
+            local_image = torch.tanh(self.fuse(per_class.flatten(1, 2)).float())
+        if self.weight_map is None:
+            return 0.5 * (global_image + local_image)
+        logits = self.weight_map["out"](self.weight_map["up"](x_encode)).float()
+        weights = torch.softmax(logits, dim=1)
+        return weights[:, 0:1] * local_image + weights[:, 1:2] * global_image
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+# ----------------------------------------------------------------------------------------------
+# Construction from models and checkpoints (generic entry point)
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _backend_override(backend: str):
+    """Routes the class ops inside a wrapped generator (which call the public ops with backend="auto")
+    through ``SEMGAN_BACKEND`` (``_dispatch.ENV_OVERRIDE``): "decomposed" means the reference ops
+    there (standard ONNX ops: masked convolutions, one_hot + conv)."""
+    name = {"auto": None, "decomposed": "reference"}.get(backend, backend)
+    if name is None:
+        yield
+        return
+    previous = os.environ.get(ENV_OVERRIDE)
+    os.environ[ENV_OVERRIDE] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_OVERRIDE, None)
+        else:
+            os.environ[ENV_OVERRIDE] = previous
+
+
+class GenericInference(nn.Module):
+    """Inference wrapper for generators without a dedicated inference module (ECGAN).
+
+    forward(labels [B,H,W] int, edge [B,1,H,W] | None) -> ``generator(labels, edge).final`` as float32.
+    Spectral norm folded, eval mode, frozen, training-only heads removed (``drop``). Less than
+    ``LGGANInference``: batch norms stay eval-mode batch norms (not folded), fp32 only, and the
+    resolution is the config's (the wrapped generator fixes its latent size); the batch is dynamic.
+    """
+
+    dynamic_resolution = False
+    size_multiple = 1
+
+    def __init__(self, generator: nn.Module, ops_backend: str = "auto", drop: tuple[str, ...] = ()):
+        super().__init__()
+        self.cfg = generator.cfg
+        self.ops = OpsSettings(ops_backend)
+        gen = fold_spectral_norm(copy.deepcopy(generator).float().eval())
+        for name in drop:
+            setattr(gen, name, None)
+        self.generator = gen
+        self.num_classes = self.cfg.num_classes
+        self.use_edge = self.cfg.use_instance_edge
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def set_ops_backend(self, backend: str) -> "GenericInference":
+        self.ops.backend = _check_backend(backend)
+        return self
+
+    def input_names(self) -> list[str]:
+        return ["labels", "edge"] if self.use_edge else ["labels"]
+
+    def example_inputs(self, batch: int = 1, height: int | None = None, width: int | None = None,
+                       device="cpu", seed: int = 0) -> tuple:
+        return LGGANInference.example_inputs(self, batch, height, width, device, seed)
+
+    def forward(self, labels: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
+        with _backend_override(self.ops.backend):
+            out = self.generator(labels, edge if self.use_edge else None)
+        return out.final.float()
+
+
+def _ecgan_inference(source, dtype: torch.dtype, ops_backend: str):
+    """GenericInference for ECGAN generators / models, or None when source is not ECGAN."""
+    try:
+        ecgan = importlib.import_module("semgan_fast.models.ecgan")
+    except ImportError:
+        return None
+    if isinstance(source, getattr(ecgan, "ECGANModel", ())):
+        source = source.generator
+    if not isinstance(source, getattr(ecgan, "ECGANGenerator", ())):
+        return None
+    cfg = source.cfg
+    if dtype != torch.float32:
+        raise ValueError("ECGAN inference export supports fp32 only (no dedicated inference module yet)")
+    if getattr(cfg, "multimodal", False):
+        raise ValueError("multi-modal ECGAN needs a style code z at inference; not supported by the export")
+    # Training-only parts: the contrastive projection head, and the class-specific generator when
+    # its image does not feed G_s (class_image_fusion="none": it only serves the Eq. 6 loss).
+    drop = ["projection"]
+    if getattr(cfg, "class_image_fusion", "none") != "semantic_preserving":
+        drop.append("class_generator")
+    return GenericInference(source, ops_backend=ops_backend, drop=tuple(drop))
+
+
+def generator_from_checkpoint(state_or_path, map_location="cpu") -> nn.Module:
+    """The generator (eval mode) of a semgan_fast checkpoint (path or loaded dict)."""
+    from semgan_fast.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(state_or_path, map_location) if isinstance(state_or_path, (str, os.PathLike)) \
+        else state_or_path
+    cfg = ExperimentConfig.from_dict(state["config"])
+    model = LGGANModel(dataclasses.replace(cfg.model, use_vgg=False))
+    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("vgg.")})
+    return model.generator.eval()
+
+
+def build_inference_generator(source, dtype: torch.dtype | str = torch.float32, ops_backend: str = "auto") -> nn.Module:
+    """Inference-only generator from an LGGANGenerator, LGGANModel, checkpoint dict or checkpoint path.
+
+    dtype: torch dtype or "fp32" / "fp16" / "bf16". ops_backend: see module docstring.
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if isinstance(source, (str, os.PathLike, dict)):
+        source = generator_from_checkpoint(source)
+    if isinstance(source, LGGANModel):
+        source = source.generator
+    if isinstance(source, LGGANGenerator):
+        return LGGANInference(source, dtype=dtype, ops_backend=ops_backend)
+    generic = _ecgan_inference(source, dtype, ops_backend)
+    if generic is not None:
+        return generic
+    raise ValueError(f"no inference builder for {type(source).__name__} (supported: LGGANGenerator, LGGANModel, "
+                     "ECGANGenerator, ECGANModel, LGGAN checkpoints)")
+
+
+def random_generator(preset_name: str = "synthetic", seed: int = 0, **overrides) -> LGGANGenerator:
+    """A randomly initialised LGGAN generator of a preset (tests, benchmarks, export smoke runs).
+    ``overrides`` replace LGGANConfig fields (e.g. ngf=4). Batch-norm running statistics are set
+    to non-trivial values so that folding them is exercised."""
+    from semgan_fast.config import preset
+
+    overrides.setdefault("init_type", "default")   # Xavier gain 0.02 gives near-zero images: weak tests
+    cfg = dataclasses.replace(preset(preset_name).model, use_vgg=False, **overrides)
+    torch.manual_seed(seed)
+    model = LGGANModel(cfg)
+    gen = model.generator
+    with torch.no_grad():
+        for mod in gen.modules():
+            if isinstance(mod, (nn.BatchNorm2d, ParamFreeSyncBatchNorm)):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    return gen.eval()
