@@ -31,6 +31,8 @@ def _apply_overrides(cfg: ExperimentConfig, args) -> ExperimentConfig:
         m = dataclasses.replace(m, use_vgg=False)
     if args.vgg_weights:
         m = dataclasses.replace(m, vgg_weights=args.vgg_weights, use_vgg=True)
+    if getattr(args, "skip_bad", None):
+        d = dataclasses.replace(d, skip_bad=True)
     for name in ("data_root", "num_samples"):
         if getattr(args, name) is not None:
             d = dataclasses.replace(d, **{"root" if name == "data_root" else name: getattr(args, name)})
@@ -275,6 +277,20 @@ def cmd_edges(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    from .data import build_dataset
+    from .data.check import check_dataset
+
+    cfg = _load_config(args.config) if args.config else preset(args.preset)
+    data = dataclasses.replace(cfg.data, root=args.path, skip_bad=False)
+    dataset = build_dataset(data, cfg.model, args.split)
+    print(f"semgan data check: {data.dataset} at {args.path} (split {args.split or 'default'}, "
+          f"{len(dataset)} items, {cfg.model.num_classes} classes, resized to {cfg.model.height}x{cfg.model.width})")
+    report = check_dataset(dataset, cfg.model.num_classes, args.limit)
+    print(report.to_text())
+    return 1 if report.problems else 0
+
+
 def cmd_config(args) -> int:
     cfg = preset_for(args.model, args.preset) if args.model else preset(args.preset)
     print(json.dumps(cfg.to_dict(), indent=2))
@@ -313,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", dest="sample_every", type=int)
     train.add_argument("--log-every", dest="log_every", type=int)
     train.add_argument("--no-progress", dest="no_progress", action="store_true")
+    train.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
+                       help="skip unreadable samples with a warning instead of stopping")
     train.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="synthesise images for label maps with a trained checkpoint")
@@ -361,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--model", choices=list(MODEL_TYPES), help="model type; --preset is then a short name")
     cfg.add_argument("--preset", default="synthetic")
     cfg.set_defaults(func=cmd_config)
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="counts, class histogram and problems of a dataset (exit 1 on problems)")
+    check.add_argument("path", help="dataset root")
+    check.add_argument("--preset", default="cityscapes", choices=sorted(PRESETS), help="dataset layout and classes")
+    check.add_argument("--config", help="JSON configuration instead of --preset")
+    check.add_argument("--split")
+    check.add_argument("--limit", type=int, help="check only the first N items")
+    check.set_defaults(func=cmd_data_check)
+
     add_bench_parser(sub)
     add_export_parsers(sub)
     return parser

@@ -225,6 +225,7 @@ class DataConfig:
     seed: int = 0                         # synthetic: generator seed
     flip: bool = True                     # random horizontal flip (consistent across label and image)
     num_workers: int = 0
+    skip_bad: bool = False                # skip unreadable samples with a warning instead of stopping
     direction: Literal["a2g", "g2a"] = "a2g"   # cross-view data sets: which panel is the source view
 
 

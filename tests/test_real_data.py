@@ -74,3 +74,43 @@ def test_coco_stuff_unlabeled_and_out_of_range(tmp_path):
 def test_real_dataset_needs_root():
     with pytest.raises(ValueError, match="--data-root"):
         build_dataset(DataConfig(dataset="ade20k"), LGGANConfig())
+
+
+def _cityscapes_tree(root, n=3, corrupt=None):
+    label = np.zeros((8, 16), np.uint8)
+    label[:, 8:] = 7
+    for i in range(n):
+        stem = f"c_000000_00000{i}"
+        _png(f"{root}/leftImg8bit/train/c/{stem}_leftImg8bit.png", _rgb(8, 16, i))
+        _png(f"{root}/gtFine/train/c/{stem}_gtFine_labelIds.png", label)
+        _png(f"{root}/gtFine/train/c/{stem}_gtFine_instanceIds.png", label.astype(np.uint16))
+    if corrupt is not None:
+        with open(f"{root}/leftImg8bit/train/c/c_000000_00000{corrupt}_leftImg8bit.png", "wb") as f:
+            f.write(b"truncated")
+
+
+def test_data_check_reports_counts_histogram_and_problems(tmp_path, capsys):
+    from semgan_fast.cli import main
+
+    _cityscapes_tree(str(tmp_path), n=3, corrupt=1)
+    assert main(["data", "check", str(tmp_path), "--preset", "cityscapes"]) == 1
+    out = capsys.readouterr().out
+    assert "items checked: 3   readable: 2   problems: 1" in out
+    assert "c_000000_000001_leftImg8bit.png" in out and "could not be read" in out
+    assert "classes present: 2 of 35" in out
+    _cityscapes_tree(str(tmp_path), n=3)
+    assert main(["data", "check", str(tmp_path), "--preset", "cityscapes"]) == 0
+
+
+def test_skip_bad_items_warns_and_substitutes(tmp_path):
+    from semgan_fast.data.check import SkipBadItems
+
+    _cityscapes_tree(str(tmp_path), n=3, corrupt=1)
+    cfg = DataConfig(dataset="cityscapes", root=str(tmp_path), skip_bad=True)
+    ds = build_dataset(cfg, LGGANConfig(num_classes=35, height=8, width=16))
+    assert isinstance(ds, SkipBadItems)
+    with pytest.warns(UserWarning, match="skipping sample 1"):
+        item = ds[1]
+    assert item["index"] == 2
+    with pytest.raises(ValueError, match="could not be read"):
+        build_dataset(DataConfig(dataset="cityscapes", root=str(tmp_path)), LGGANConfig(height=8, width=16))[1]

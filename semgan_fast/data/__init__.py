@@ -22,6 +22,16 @@ def collate(items: list[dict]) -> dict:
 
 
 def build_dataset(data_cfg, model_cfg, split: str | None = None):
+    """Dataset for a DataConfig (see ``_build``); wrapped in ``SkipBadItems`` when ``skip_bad`` is set."""
+    dataset = _build(data_cfg, model_cfg, split)
+    if getattr(data_cfg, "skip_bad", False):
+        from .check import SkipBadItems
+
+        dataset = SkipBadItems(dataset)
+    return dataset
+
+
+def _build(data_cfg, model_cfg, split: str | None = None):
     """Dataset for a DataConfig at the model's resolution and class count.
 
     Synthetic data adapt to the model: ECGAN items carry Canny edges ("edge"); cross-view items carry a
