@@ -33,6 +33,8 @@ def _apply_overrides(cfg: ExperimentConfig, args) -> ExperimentConfig:
         m = dataclasses.replace(m, vgg_weights=args.vgg_weights, use_vgg=True)
     if getattr(args, "skip_bad", None):
         d = dataclasses.replace(d, skip_bad=True)
+    if getattr(args, "edge_root", None):
+        d = dataclasses.replace(d, edge_root=args.edge_root)
     for name in ("data_root", "num_samples"):
         if getattr(args, name) is not None:
             d = dataclasses.replace(d, **{"root" if name == "data_root" else name: getattr(args, name)})
@@ -329,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", dest="sample_every", type=int)
     train.add_argument("--log-every", dest="log_every", type=int)
     train.add_argument("--no-progress", dest="no_progress", action="store_true")
+    train.add_argument("--edge-root", dest="edge_root", help="precomputed edge maps (`semgan edges` output)")
     train.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                        help="skip unreadable samples with a warning instead of stopping")
     train.set_defaults(func=cmd_train)

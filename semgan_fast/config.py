@@ -226,6 +226,7 @@ class DataConfig:
     flip: bool = True                     # random horizontal flip (consistent across label and image)
     num_workers: int = 0
     skip_bad: bool = False                # skip unreadable samples with a warning instead of stopping
+    edge_root: str | None = None          # precomputed edge maps (`semgan edges` output) for real data sets
     direction: Literal["a2g", "g2a"] = "a2g"   # cross-view data sets: which panel is the source view
 
 

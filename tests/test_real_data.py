@@ -114,3 +114,20 @@ def test_skip_bad_items_warns_and_substitutes(tmp_path):
     assert item["index"] == 2
     with pytest.raises(ValueError, match="could not be read"):
         build_dataset(DataConfig(dataset="cityscapes", root=str(tmp_path)), LGGANConfig(height=8, width=16))[1]
+
+
+def test_precomputed_edges_are_loaded_and_flipped(tmp_path):
+    root, edges = tmp_path / "data", tmp_path / "edges"
+    _cityscapes_tree(str(root), n=1)
+    edge = np.zeros((8, 16), np.uint8)
+    edge[:, 3] = 255
+    _png(str(edges / "c_000000_000000_leftImg8bit.png"), edge)
+    cfg = DataConfig(dataset="cityscapes", root=str(root), edge_root=str(edges))
+    ds = build_dataset(cfg, LGGANConfig(num_classes=35, height=8, width=16))
+    item, flipped = ds[0], ds[(0, True)]
+    assert item["edge"].shape == (3, 8, 16)
+    assert float(item["edge"][0, 0, 3]) == 1.0 and float(item["edge"][0, 0, 0]) == -1.0
+    assert torch.equal(flipped["edge"], item["edge"].flip(-1))
+    os.remove(edges / "c_000000_000000_leftImg8bit.png")
+    with pytest.raises(ValueError, match="edge map .* does not exist"):
+        ds[0]

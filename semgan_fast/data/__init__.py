@@ -1,4 +1,6 @@
 """Datasets and samplers."""
+import os
+
 import torch
 
 from .sampler import ResumableSampler
@@ -62,4 +64,9 @@ def _build(data_cfg, model_cfg, split: str | None = None):
     if not data_cfg.root:
         raise ValueError(f"dataset={data_cfg.dataset!r} needs a root directory (--data-root)")
     loader, default_split = loaders[data_cfg.dataset]
-    return loader(data_cfg.root, split or default_split, **size)
+    dataset = loader(data_cfg.root, split or default_split, **size)
+    if getattr(data_cfg, "edge_root", None):
+        if not os.path.isdir(data_cfg.edge_root):
+            raise ValueError(f"edge_root {data_cfg.edge_root!r} does not exist")
+        dataset.edge_dir = data_cfg.edge_root
+    return dataset

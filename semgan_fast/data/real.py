@@ -40,6 +40,8 @@ class PairedLabelImageDataset(torch.utils.data.Dataset):
         if not triples:
             raise ValueError("no (image, label) pairs found")
         self.triples, self.num_classes, self.size = triples, num_classes, (height, width)
+        # Precomputed ground-truth edges (``semgan edges`` output: <edge_dir>/<image stem>.png), or None.
+        self.edge_dir: str | None = None
 
     def __len__(self) -> int:
         return len(self.triples)
@@ -56,9 +58,19 @@ class PairedLabelImageDataset(torch.utils.data.Dataset):
         labels = _resize_nearest(labels, self.size)
         instance = _resize_nearest(load_label_map(instance_path), self.size) if instance_path else labels.clone()
         image = _load_rgb(image_path, self.size)
+        item = {"label": labels, "image": image, "instance": instance, "index": index}
+        if self.edge_dir is not None:
+            item["edge"] = self._load_edge(image_path)
         if flip:
-            labels, instance, image = labels.flip(-1), instance.flip(-1), image.flip(-1)
-        return {"label": labels, "image": image, "instance": instance, "index": index}
+            item.update({k: item[k].flip(-1) for k in ("label", "image", "instance", "edge") if k in item})
+        return item
+
+    def _load_edge(self, image_path: str) -> torch.Tensor:
+        """Edge map [3, H, W] in [-1, 1] (grey 0..255 read as RGB, as the public ECGAN loader does)."""
+        path = os.path.join(self.edge_dir, os.path.splitext(os.path.basename(image_path))[0] + ".png")
+        if not os.path.isfile(path):
+            raise ValueError(f"edge map {path!r} for image {image_path!r} does not exist")
+        return _load_rgb(path, self.size)
 
 
 def _require_dir(path: str, what: str) -> None:

@@ -14,6 +14,7 @@ TTUR Adam, linear LR decay, one generator and one discriminator step per iterati
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -215,6 +216,13 @@ class Trainer:
             return condition(batch)
         return batch["instance"] if self.cfg.model.use_instance_edge else None
 
+    def _extra_inputs(self, batch) -> dict:
+        """Ground-truth edges carried by the batch (precomputed or from the data set), for models whose
+        losses take ``edges=`` (ECGAN); other models get nothing extra."""
+        if "edge" in batch and "edges" in inspect.signature(self.model.generator_loss).parameters:
+            return {"edges": batch["edge"]}
+        return {}
+
     def _autocast(self):
         precision = self.cfg.train.precision
         if precision == "fp32":
@@ -230,14 +238,14 @@ class Trainer:
         skip_d_sync = self.model.discriminator.no_sync() if self.dist.enabled else contextlib.nullcontext()
         with skip_d_sync:
             with self._autocast():
-                g_total, g_terms, _ = self.model.generator_loss(labels, image, instance)
+                g_total, g_terms, _ = self.model.generator_loss(labels, image, instance, **self._extra_inputs(batch))
             self.opt_g.zero_grad(set_to_none=True)
             self.scaler.scale(g_total).backward()
         self.scaler.step(self.opt_g)
         with torch.no_grad(), self._autocast():
             fake = self.model.generate(labels, instance)
         with self._autocast():
-            d_total, d_terms = self.model.discriminator_loss(labels, image, fake, instance)
+            d_total, d_terms = self.model.discriminator_loss(labels, image, fake, instance, **self._extra_inputs(batch))
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(d_total).backward()
         self.scaler.step(self.opt_d)
