@@ -1,9 +1,12 @@
 """pair_similarity_loss (ECGAN Eq. 3): "cpu" (chunked) and "triton" (interpreter on CPU) against the dense
 BCELoss formulation; gradients, ignore label, clamps, stride estimate, low precision, opcheck."""
+import importlib
+
 import pytest
 import torch
 
-from semgan_fast.ops import pair_similarity_loss as psl_module
+# The module itself: ``semgan_fast.ops.pair_similarity_loss`` as an attribute is the same-named function.
+psl_module = importlib.import_module("semgan_fast.ops.pair_similarity_loss")
 from semgan_fast.ops.pair_similarity_loss import pair_similarity_loss, pair_similarity_loss_reference
 
 FAST = ["cpu", "triton"]

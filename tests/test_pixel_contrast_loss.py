@@ -1,10 +1,13 @@
 """pixel_contrast_loss: fast backends ("cpu" chunked PyTorch, "triton" fused kernels under the interpreter
 on CPU) against the plain ContrastiveSeg formulation, gradients, edge cases, low precision, opcheck."""
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from semgan_fast.ops import pixel_contrast_loss as pcl_module
+# The module itself: ``semgan_fast.ops.pixel_contrast_loss`` as an attribute is the same-named function.
+pcl_module = importlib.import_module("semgan_fast.ops.pixel_contrast_loss")
 from semgan_fast.ops.pixel_contrast_loss import pixel_contrast_loss, pixel_contrast_loss_reference
 from semgan_fast.ops.sample_anchors import sample_anchors
 
