@@ -579,6 +579,15 @@ class ECGANModel(nn.Module):
             raise ValueError("cfg.use_instance_edge=True needs the instance map [B,H,W] (instance=...)")
         return instance_edges(instance)
 
+    def edge_target(self, image: torch.Tensor, edges: torch.Tensor | None) -> torch.Tensor:
+        """The ground-truth edge image [B,3,H,W] in [-1,1]: ``edges`` as given (3-channel in [-1,1], e.g.
+        precomputed PNGs) or as binary [B,1,H,W] {0,1} maps (the synthetic dataset's), else Canny of ``image``."""
+        if edges is None:
+            return self.real_edges(image)
+        if edges.shape[1] == 1:
+            edges = edge_image(edges)
+        return edges.to(image.dtype)
+
     def real_edges(self, image: torch.Tensor) -> torch.Tensor:
         """Ground-truth edge image [B,3,H,W] in {-1,1}: Canny of the real image on its device."""
         cfg = self.cfg
@@ -613,7 +622,7 @@ class ECGANModel(nn.Module):
         outputs = out.adversarial_outputs(cfg.lambda_refine)
         reals = [image]
         if out.edge is not None:
-            reals.append(self.real_edges(image) if edges is None else edges.to(image.dtype))
+            reals.append(self.edge_target(image, edges))
         weights = torch.tensor([o[1] for o in outputs], device=dev)
         real_index = torch.tensor([o[2] for o in outputs], device=dev)
         terms: dict[str, torch.Tensor] = {}
@@ -684,7 +693,7 @@ class ECGANModel(nn.Module):
         outputs = fake.adversarial_outputs(cfg.lambda_refine)
         reals = [image]
         if fake.edge is not None:
-            reals.append(self.real_edges(image) if edges is None else edges.to(image.dtype))
+            reals.append(self.edge_target(image, edges))
         dev = image.device
         fake_w = torch.tensor([o[1] for o in outputs], device=dev)
         refine = cfg.lambda_refine if fake.refined else 0.0
