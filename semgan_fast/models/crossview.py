@@ -39,10 +39,9 @@ from .encoder import Encoder
 from .layers import Semantics, init_weights
 from .lggan import (GeneratorOutput, LGGANGenerator, LGGANModel, _drop_vgg_keys, _ignore_missing_vgg_keys,
                     _no_param_grads, local_label_map)
-from .local import class_cross_entropy
-from .losses import feature_matching_loss, hinge_d_loss, hinge_g_loss, image_l1, weighted_feature_l1
+from .losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
 from .spade import UPSAMPLING_LAYERS
-from .vgg import VGG_LAYER_WEIGHTS, VGG19Features
+from .vgg import VGG19Features
 from ..ops import weight_map_fusion
 
 
@@ -195,17 +194,7 @@ class CrossViewModel(LGGANModel):
         terms["g_gan"] = sum(hinge_g_loss(f, reps) for f, _ in pairs)
         if cfg.lambda_feat > 0:
             terms["g_feat"] = sum(feature_matching_loss(f, r, reps) for f, r in pairs) * cfg.lambda_feat
-        if self.vgg is not None and cfg.lambda_vgg > 0:
-            fake_feats = self.vgg(fakes)
-            with torch.no_grad():
-                real_feats = self.vgg(image)
-            terms["g_vgg"] = weighted_feature_l1(fake_feats, real_feats, VGG_LAYER_WEIGHTS, reps) * cfg.lambda_vgg
-        if cfg.lambda_l1 > 0:
-            terms["g_l1"] = image_l1(fakes, image, reps) * cfg.lambda_l1
-        if out.per_class is not None and cfg.lambda_local_l1 > 0:
-            terms["g_local_l1"] = self.local_l1(out.per_class, image, labels) * cfg.lambda_local_l1
-        if out.class_logits is not None and cfg.lambda_class > 0:
-            terms["g_class"] = class_cross_entropy(out.class_logits, out.class_present) * cfg.lambda_class
+        terms.update(self.non_adversarial_terms(out, fakes, image, labels, reps))
         total = sum(terms.values())
         return total, {k: v.detach() for k, v in terms.items()}, out
 

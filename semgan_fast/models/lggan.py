@@ -226,6 +226,15 @@ class LGGANModel(nn.Module):
         terms["g_gan"] = hinge_g_loss(pred_fake, reps)
         if cfg.lambda_feat > 0:
             terms["g_feat"] = feature_matching_loss(pred_fake, pred_real, reps) * cfg.lambda_feat
+        terms.update(self.non_adversarial_terms(out, fakes, image, labels, reps))
+        total = sum(terms.values())
+        return total, {k: v.detach() for k, v in terms.items()}, out
+
+    def non_adversarial_terms(self, out, fakes: torch.Tensor, image: torch.Tensor, labels: torch.Tensor,
+                              reps: int) -> dict[str, torch.Tensor]:
+        """The generator terms that do not involve D: "g_vgg", "g_l1" on the ``reps`` batched fake outputs
+        ``fakes`` [reps*B,3,H,W] (real VGG features computed once), "g_local_l1", "g_class"; weighted."""
+        cfg, terms = self.cfg, {}
         if self.vgg is not None and cfg.lambda_vgg > 0:
             fake_feats = self.vgg(fakes)
             with torch.no_grad():
@@ -237,8 +246,7 @@ class LGGANModel(nn.Module):
             terms["g_local_l1"] = self.local_l1(out.per_class, image, labels) * cfg.lambda_local_l1
         if out.class_logits is not None and cfg.lambda_class > 0:
             terms["g_class"] = class_cross_entropy(out.class_logits, out.class_present) * cfg.lambda_class
-        total = sum(terms.values())
-        return total, {k: v.detach() for k, v in terms.items()}, out
+        return terms
 
     def local_l1(self, per_class: torch.Tensor, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Eq. 2: sum_i mean|image * M_i - I_i| over the G local generators (float32 scalar).
