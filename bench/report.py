@@ -37,7 +37,7 @@ RESULT_KEYS = {"provider", "mode", "dtype", "median_ms", "p20_ms", "p80_ms", "pe
 PER_OP_RESULT_KEYS = {"sample_anchors": {"anchors"}}
 NAME_KEYS = ("shape", "dataset", "case", "preset")  # shown without their key
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-OP_ORDER = ("class_conv", "dense_conv7x7", "onehot_conv", "class_pool", "class_l1", "sample_anchors",
+OP_ORDER = ("class_conv", "dense_conv7x7", "class_stack", "onehot_conv", "class_pool", "class_l1", "sample_anchors",
             "pixel_contrast_loss", "pair_similarity_loss", "e2e_train", "generator_inference")
 # Datasheet peaks: (name fragment, HBM GB/s, dense bf16 TFLOP/s); first match wins.
 DEVICE_PEAKS = (("H200", 4800, 989), ("H100 NVL", 3900, 835), ("H100 PCIe", 2000, 756), ("H100", 3350, 989),
@@ -54,6 +54,7 @@ class Roles:
 
 ROLES = {
     "class_conv": Roles("naive", "compile", baselines=("grouped",)),
+    "class_stack": Roles("naive", "compile", baselines=("grouped",)),
     "onehot_conv": Roles("dense", "dense_compiled"),
     "class_pool": Roles("naive", "naive_compiled"),
     "class_l1": Roles("naive", "naive_compiled"),
@@ -65,6 +66,7 @@ ROLES = {
     "generator_inference": Roles("eager_naive_fp32", None),
 }
 NOTES = {("class_conv", "grouped"): "baseline: one grouped conv over K masked copies",
+         ("class_stack", "grouped"): "baseline: grouped convs (groups = K) over K masked copies",
          ("pair_similarity_loss", "ours-stride2"): "stride-2 sub-grid estimate, not the exact loss",
          ("pixel_contrast_loss", "torch-chunked"): "our chunked PyTorch algorithm on the GPU",
          ("pair_similarity_loss", "torch-chunked"): "our chunked PyTorch algorithm on the GPU",

@@ -42,7 +42,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 # Order of the known per-op benchmarks; other bench_*.py files found in bench/ run after them.
-OP_ORDER = ("class_conv", "dense_conv7x7", "onehot_conv", "class_pool", "class_l1", "sample_anchors",
+OP_ORDER = ("class_conv", "dense_conv7x7", "class_stack", "onehot_conv", "class_pool", "class_l1", "sample_anchors",
             "pixel_contrast_loss", "pair_similarity_loss")
 E2E_CASES = ("e2e", "export")          # bench_e2e.py (training step), bench_export.py (inference)
 BUILTINS = ("dense_conv7x7",)

@@ -120,7 +120,19 @@ def _sample_anchors():
     }
 
 
-CASES = {"class_conv": _class_conv, "onehot_conv": _onehot_conv, "class_pool": _class_pool, "class_l1": _class_l1,
+def _class_stack():
+    from semgan_fast.ops.class_stack import class_stack, class_stack_reference
+    labels = _blocks(1, 64, 128, 35, 16)
+    x = _leaf(1, 16, 64, 128)
+    weights = [_leaf(35, 8, 16, 3, 3, scale=0.1, seed=1), _leaf(35, 3, 8, 3, 3, scale=0.1, seed=2)]
+    biases = [_leaf(35, 8, scale=0.1, seed=3), _leaf(35, 3, scale=0.1, seed=4)]
+    return [x, *weights, *biases], {
+        "naive": lambda x_, w0, w1, b0, b1: class_stack_reference(x_, labels, [w0, w1], [b0, b1]),
+        "ours": lambda x_, w0, w1, b0, b1: class_stack(x_, labels, [w0, w1], [b0, b1]),
+    }
+
+
+CASES = {"class_conv": _class_conv, "class_stack": _class_stack, "onehot_conv": _onehot_conv, "class_pool": _class_pool, "class_l1": _class_l1,
          "pixel_contrast_loss": _pixel_contrast_loss, "pair_similarity_loss": _pair_similarity_loss,
          "sample_anchors": _sample_anchors}
 PARAMS = [(op, mode, prov) for op in CASES for mode in (("fwd",) if op == "sample_anchors" else ("fwd", "fwd+bwd"))

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from semgan_fast.config import DataConfig, ECGANConfig, ExperimentConfig, TrainConfig, preset
 from semgan_fast.models import ECGANModel, ECGANOutput, SmallSegNet, build_inference_model, build_model
-from semgan_fast.models.ecgan import ClassSpecificGenerator, EdgeImageBranches, SemanticPreserving, class_stack_reference
+from semgan_fast.models.ecgan import ClassSpecificGenerator, EdgeImageBranches, SemanticPreserving
+from semgan_fast.ops import class_stack_reference
 from semgan_fast.models.layers import instance_edges
 from semgan_fast.models.losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
 from semgan_fast.ops.pair_similarity_loss import pair_similarity_loss_reference
