@@ -39,7 +39,8 @@ def _apply_overrides(cfg: ExperimentConfig, args) -> ExperimentConfig:
         if getattr(args, name) is not None:
             d = dataclasses.replace(d, **{"root" if name == "data_root" else name: getattr(args, name)})
     for name in ("iterations", "batch_size", "seed", "device", "out", "checkpoint_every", "sample_every", "log_every",
-                 "precision", "compile", "channels_last"):
+                 "precision", "compile", "channels_last", "keep_checkpoints", "eval_every", "eval_metric", "eval_images",
+                 "eval_batch_size", "eval_split", "inception_weights"):
         value = getattr(args, name)
         if value is not None:
             t = dataclasses.replace(t, **{"out_dir" if name == "out" else name: value})
@@ -68,6 +69,9 @@ def _describe(cfg: ExperimentConfig, device) -> str:
         + ("  compile" if t.compile else "") + ("  channels_last" if t.channels_last else ""),
         f"output    {t.out_dir}  (checkpoints every {t.checkpoint_every}, samples every {t.sample_every})",
     ]
+    if t.eval_every:
+        rows.append(f"eval      every {t.eval_every} steps: {t.eval_metric} on {t.eval_images or 'all'} images of the "
+                    f"{t.eval_split or 'validation'} split; best checkpoint -> {t.out_dir}/checkpoints/best.pt")
     return "\n".join(rows)
 
 
@@ -300,6 +304,8 @@ def cmd_config(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .eval.evaluate import METRIC_DIRECTIONS
+
     parser = argparse.ArgumentParser(prog="semgan", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"preset name; with --model, a short name (synthetic, cityscapes, dayton, ...). "
                             f"All: {', '.join(sorted(PRESETS))}")
     train.add_argument("--config", help="JSON configuration (as printed by `semgan config`); replaces --preset")
-    train.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    train.add_argument("--precision", choices=["fp32", "bf16", "fp16", "fp64"],
+                       help="fp32; bf16 autocast (A100/H100); fp16 autocast + GradScaler (V100); fp64 (checks only)")
     train.add_argument("--compile", action="store_true", default=None, help="torch.compile G and D")
     train.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     train.add_argument("--data-root", dest="data_root", help="dataset root (real datasets)")
@@ -328,12 +335,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-vgg", dest="no_vgg", action="store_true", help="disable the VGG19 perceptual loss")
     train.add_argument("--vgg-weights", dest="vgg_weights", help="torchvision VGG19 weights file")
     train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
+    train.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int,
+                       help="numbered checkpoints kept (newest N; best.pt is kept besides them)")
     train.add_argument("--sample-every", dest="sample_every", type=int)
     train.add_argument("--log-every", dest="log_every", type=int)
     train.add_argument("--no-progress", dest="no_progress", action="store_true")
     train.add_argument("--edge-root", dest="edge_root", help="precomputed edge maps (`semgan edges` output)")
     train.add_argument("--skip-bad", dest="skip_bad", action="store_true", default=None,
                        help="skip unreadable samples with a warning instead of stopping")
+    train.add_argument("--eval-every", dest="eval_every", type=int,
+                       help="evaluate on the validation split every N steps (and at the end), keeping the best "
+                            "checkpoint as checkpoints/best.pt; 0: off (default)")
+    train.add_argument("--eval-metric", dest="eval_metric", choices=sorted(METRIC_DIRECTIONS),
+                       help="metric that selects best.pt (default fid, needs the Inception weights; fid and l1: "
+                            "lower is better, the others: higher)")
+    train.add_argument("--eval-images", dest="eval_images", type=int,
+                       help="validation images per evaluation (default 0: the whole split)")
+    train.add_argument("--eval-batch-size", dest="eval_batch_size", type=int, help="default: --batch-size")
+    train.add_argument("--eval-split", dest="eval_split",
+                       help="default: the data set's validation split (synthetic: val, held-out scenes)")
+    train.add_argument("--inception-weights", dest="inception_weights",
+                       help="FID Inception weights (pt_inception-2015-12-05-6726825d.pth; default: torch hub cache)")
     train.set_defaults(func=cmd_train)
 
     gen = sub.add_parser("generate", help="synthesise images for label maps with a trained checkpoint")

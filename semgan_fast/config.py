@@ -247,12 +247,26 @@ class TrainConfig:
     sample_every: int = 100
     keep_checkpoints: int = 3
     log_every: int = 10                   # host synchronisation happens only on logged steps
-    # Speed: "bf16" autocast (A100/H100), "fp16" autocast + GradScaler (V100), or "fp32".
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Speed: "bf16" autocast (A100/H100), "fp16" autocast + GradScaler (V100), or "fp32". "fp64": model and
+    # batches in float64, for numerical checks only (e.g. DDP vs single-process equivalence over several
+    # steps: fp32 rounding noise would be amplified by Adam with beta1 = 0); never for real training.
+    precision: Literal["fp32", "bf16", "fp16", "fp64"] = "fp32"
     channels_last: bool = False
     compile: bool = False                 # torch.compile the generator and the discriminator
     fused_adam: bool | None = None        # None: fused Adam on CUDA, the default implementation elsewhere
     tensorboard: bool = True              # scalars and sample grids under <out_dir>/tensorboard (if installed)
+    # In-training evaluation (rank 0) on the validation split; the checkpoint with the best eval_metric so far
+    # is kept as <out_dir>/checkpoints/best.pt (never rotated away by keep_checkpoints).
+    eval_every: int = 0                   # steps between evaluations (and at the last step); 0: off
+    # "fid" (needs the Inception weights, checked at start) and "l1" (mean |fake - real| on [0,1]): lower is
+    # better; "ssim", "psnr", "sharpness_difference" and the cross-view script's "crossview_ssim",
+    # "crossview_psnr", "crossview_sharpness_difference": higher is better (semgan_fast.eval.METRIC_DIRECTIONS).
+    eval_metric: Literal["fid", "l1", "ssim", "psnr", "sharpness_difference", "crossview_ssim", "crossview_psnr",
+                         "crossview_sharpness_difference"] = "fid"
+    eval_images: int = 0                  # first N validation images per evaluation; 0: the whole split
+    eval_batch_size: int = 0              # images per generator call in evaluation; 0: batch_size
+    eval_split: str | None = None         # None: the data set's validation split (synthetic: "val")
+    inception_weights: str | None = None  # FID Inception weights file; None: the torch hub cache
 
 
 MODEL_TYPES = ("lggan", "ecgan", "lggan-crossview")

@@ -42,3 +42,23 @@ def test_errors_name_the_file(tmp_path):
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="garbage.pt.*corrupt"):
         load_checkpoint(str(garbage))
+
+
+def test_best_checkpoint_is_outside_the_rotation(tmp_path):
+    mgr = CheckpointManager(str(tmp_path), keep=1)
+    assert mgr.read_best_record() is None
+    mgr.save_best({**_state(1), "best": {"metric": "l1", "value": 0.5, "step": 1}})
+    for step in (2, 3):
+        mgr.save(_state(step), step)
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "ckpt_00000003.pt"]
+    state, path = mgr.load_latest()               # resuming takes the newest state, never best.pt
+    assert state["step"] == 3 and path.endswith("ckpt_00000003.pt")
+    assert mgr.read_best_record() == {"metric": "l1", "value": 0.5, "step": 1}
+    assert load_checkpoint(mgr.best_path)["step"] == 1
+    with open(mgr.best_path, "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(UserWarning, match="unusable best checkpoint"):
+        assert mgr.read_best_record() is None
+    mgr.save_best(_state(4))                       # a checkpoint without a best record is not a best.pt
+    with pytest.warns(UserWarning, match="no best-metric record"):
+        assert mgr.read_best_record() is None

@@ -37,19 +37,24 @@ def _build(data_cfg, model_cfg, split: str | None = None):
     """Dataset for a DataConfig at the model's resolution and class count.
 
     Synthetic data adapt to the model: ECGAN items carry Canny edges ("edge"); cross-view items carry a
-    paired source view ("source", ``SyntheticCrossView``). Dayton and CVUSA: ``CrossViewPanels``."""
+    paired source view ("source", ``SyntheticCrossView``); split "val" is the held-out next num_samples
+    scenes of the same generator. Dayton and CVUSA: ``CrossViewPanels``."""
     from ..config import model_type_of
     from .real import ADE20K, COCOStuff, Cityscapes
 
     size = dict(num_classes=model_cfg.num_classes, height=model_cfg.height, width=model_cfg.width)
     model_type = model_type_of(model_cfg)
     if data_cfg.dataset == "synthetic":
+        # "train" (default): scenes 0..N-1 of the seed; "val": the next N scenes (held out, same appearance).
+        if split not in (None, "train", "val"):
+            raise ValueError(f"the synthetic data set has splits 'train' and 'val', got split={split!r}")
+        common = dict(num_samples=data_cfg.num_samples, seed=data_cfg.seed,
+                      index_offset=data_cfg.num_samples if split == "val" else 0, **size)
         if model_type == "lggan-crossview":
             from .crossview import SyntheticCrossView
 
-            return SyntheticCrossView(num_samples=data_cfg.num_samples, seed=data_cfg.seed, **size)
-        return SyntheticScenes(num_samples=data_cfg.num_samples, seed=data_cfg.seed,
-                               with_edges=model_type == "ecgan", **size)
+            return SyntheticCrossView(**common)
+        return SyntheticScenes(with_edges=model_type == "ecgan", **common)
     if data_cfg.dataset in ("dayton", "cvusa"):
         from .crossview import CrossViewPanels
 

@@ -109,8 +109,9 @@ class SyntheticCrossView(torch.utils.data.Dataset):
     horizontally by a per-sample offset (the scene "seen from elsewhere"), rendered with a second class
     appearance (``seed + 1``) and the same noise model. Items as ``CrossViewPanels``."""
 
-    def __init__(self, num_classes: int = 7, height: int = 64, width: int = 64, num_samples: int = 64, seed: int = 0):
-        self.scenes = SyntheticScenes(num_classes, height, width, num_samples, seed)
+    def __init__(self, num_classes: int = 7, height: int = 64, width: int = 64, num_samples: int = 64, seed: int = 0,
+                 index_offset: int = 0):
+        self.scenes = SyntheticScenes(num_classes, height, width, num_samples, seed, index_offset=index_offset)
         self.source_appearance = _class_appearance(num_classes, seed + 1)
 
     def __len__(self) -> int:
@@ -131,7 +132,7 @@ class SyntheticCrossView(torch.utils.data.Dataset):
     def __getitem__(self, item):
         index, flip = item if isinstance(item, tuple) else (item, False)
         target = self.scenes[index]   # unflipped
-        source = self.source_view(target["label"], index)
+        source = self.source_view(target["label"], index + self.scenes.index_offset)
         label, image, instance = target["label"], target["image"], target["instance"]
         if flip:
             label, image, instance, source = label.flip(-1), image.flip(-1), instance.flip(-1), source.flip(-1)

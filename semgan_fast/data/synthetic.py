@@ -51,7 +51,7 @@ def _class_appearance(num_classes: int, seed: int):
 
 
 class SyntheticScenes(torch.utils.data.Dataset):
-    """Deterministic procedural scenes.
+    """Deterministic procedural scenes (``index_offset``: item i is scene i + index_offset, see ``__init__``).
 
     Items (``__getitem__(index)`` or ``__getitem__((index, flip))``) are dicts:
         label:    int64 [H, W], class ids in [0, num_classes)
@@ -62,13 +62,18 @@ class SyntheticScenes(torch.utils.data.Dataset):
     """
 
     def __init__(self, num_classes: int = 8, height: int = 64, width: int = 128, num_samples: int = 64,
-                 seed: int = 0, with_edges: bool = False):
+                 seed: int = 0, with_edges: bool = False, index_offset: int = 0):
         if height < 8 or width < 8:
             raise ValueError(f"height and width must be >= 8, got {height}x{width}")
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.num_classes, self.height, self.width = num_classes, height, width
+        if index_offset < 0:
+            raise ValueError(f"index_offset must be >= 0, got {index_offset}")
         self.num_samples, self.seed = num_samples, seed
+        # Item i is scene i + index_offset of the seed's stream: the validation split of a data set of N
+        # samples is the next N scenes (offset N), same classes and appearance, disjoint layouts.
+        self.index_offset = index_offset
         self.with_edges = with_edges
         self.roles = ClassRoles.for_classes(num_classes)
         self.appearance = _class_appearance(num_classes, seed)
@@ -80,8 +85,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
         index, flip = item if isinstance(item, tuple) else (item, False)
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
-        label, instance = self.layout(index)
-        image = self.render(label, index)
+        label, instance = self.layout(index + self.index_offset)
+        image = self.render(label, index + self.index_offset)
         if flip:
             label, instance, image = label.flip(-1), instance.flip(-1), image.flip(-1)
         item = {"label": label, "image": image, "instance": instance, "index": index}

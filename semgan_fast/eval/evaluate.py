@@ -3,8 +3,9 @@
 For each of the first ``num_images`` items of the evaluation split (in order, no flips) the
 checkpoint's generator synthesises an image from the label map (and instance map), and:
 
-- SSIM, PSNR and sharpness difference are computed against the paired real image on [0, 1]
-  (``ssim``, ``psnr``, ``sharpness_difference``: standard definitions, data_range 1), and in the
+- SSIM, PSNR, L1 (mean absolute error) and sharpness difference are computed against the paired
+  real image on [0, 1] (``ssim``, ``psnr``, ``l1``, ``sharpness_difference``: standard definitions,
+  data_range 1), and in the
   SelectionGAN/LGGAN cross-view script's convention (``crossview_*``; see ``metrics``); per-image
   values are averaged.
 - FID between the generated and the real images of the split (the SPADE / LGGAN protocol: real set
@@ -19,6 +20,10 @@ checkpoint's generator synthesises an image from the label map (and instance map
 
 Generated images are clamped to [-1, 1] (as when saved as PNG). Per-batch results stay on the
 device; the host reads them once at the end.
+
+``score_generator`` is the generation + scoring loop itself, shared with the trainer's in-training
+evaluation (``TrainConfig.eval_every``), which keeps the checkpoint with the best ``eval_metric``
+(``METRIC_DIRECTIONS``: lower or higher is better) as ``best.pt``.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from ..data import build_dataset, collate
 from ..train.checkpoint import load_checkpoint
 from ..train.trainer import resolve_device
 from .fid import FEATURE_DIM, FeatureStats, fid_from_stats, load_inception, resolve_inception_weights
-from .metrics import (confusion_matrix, load_segmenter, psnr, segment, segmentation_scores,
+from .metrics import (confusion_matrix, l1_error, load_segmenter, psnr, segment, segmentation_scores,
                       selectiongan_psnr, selectiongan_sharpness_difference, selectiongan_ssim, sharpness_difference,
                       ssim)
 
@@ -48,6 +53,105 @@ from .metrics import (confusion_matrix, load_segmenter, psnr, segment, segmentat
 EVAL_SPLITS = {"cityscapes": "val", "ade20k": "validation", "coco_stuff": "val", "dayton": "test", "cvusa": "test"}
 
 GeneratorFn = Callable[[dict], torch.Tensor]
+
+# Paired per-image metrics (on [0, 1] images, averaged over the images) and how each is computed.
+PAIRED_METRICS = {
+    "ssim": ssim, "psnr": psnr, "l1": l1_error, "sharpness_difference": sharpness_difference,
+    "crossview_ssim": selectiongan_ssim, "crossview_psnr": selectiongan_psnr,
+    "crossview_sharpness_difference": selectiongan_sharpness_difference,
+}
+# Every metric a run can select its best checkpoint by (``TrainConfig.eval_metric``), with the direction
+# in which it improves.
+METRIC_DIRECTIONS = {
+    "fid": "lower", "l1": "lower", "ssim": "higher", "psnr": "higher", "sharpness_difference": "higher",
+    "crossview_ssim": "higher", "crossview_psnr": "higher", "crossview_sharpness_difference": "higher",
+}
+_SSIM_WINDOW = 11   # both SSIM variants use an 11x11 Gaussian window
+
+
+def metric_supported(name: str, height: int, width: int) -> str | None:
+    """None when metric ``name`` can be computed on H x W images, else the reason it cannot."""
+    if name in ("ssim", "crossview_ssim") and min(height, width) < _SSIM_WINDOW:
+        return (f"SSIM needs images of at least {_SSIM_WINDOW}x{_SSIM_WINDOW} (the Gaussian window), "
+                f"got {height}x{width}")
+    return None
+
+
+def is_improvement(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (None: no best yet). NaN never improves."""
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value < best if METRIC_DIRECTIONS[metric] == "lower" else value > best
+
+
+@dataclasses.dataclass
+class Scores:
+    """What ``score_generator`` measured. metrics: name -> mean value (None when not computed);
+    real_stats / fake_stats: the Inception feature statistics (None without FID); confusion: the
+    segmenter's confusion matrix [K,K] int64 (None without a segmenter)."""
+    metrics: dict[str, float | None]
+    count: int
+    real_stats: FeatureStats | None = None
+    fake_stats: FeatureStats | None = None
+    confusion: torch.Tensor | None = None
+
+
+def score_generator(generate: GeneratorFn, dataset, count: int, batch_size: int, device: torch.device, *,
+                    paired=tuple(PAIRED_METRICS), inception=None, real_stats: FeatureStats | None = None,
+                    segmenter=None, num_workers: int = 0, inference_mode: bool = True) -> Scores:
+    """Generates the first ``count`` items of ``dataset`` (in order, no flips) and scores them: the code
+    path of ``evaluate`` and of the trainer's in-training evaluation.
+
+    generate: batch dict (device tensors; "image" float [B,3,H,W] in [-1,1]) -> images [B,3,H,W] in [-1,1]
+        (clamped here). paired: names of ``PAIRED_METRICS`` to compute (each must be supported at the
+        data set's size, see ``metric_supported``). inception: a ``FIDInceptionV3`` or None (no FID).
+    real_stats: the real images' Inception statistics from an earlier call on the same items (they do
+        not change between evaluations); None: computed here. segmenter: a hook (see ``metrics``) or None.
+    inference_mode: True: ``torch.inference_mode`` (standalone evaluation); False: ``torch.no_grad``
+        (inside training, where no inference tensor may reach a module that later trains).
+    Per-batch results stay on the device; the host reads them once at the end."""
+    unknown = [name for name in paired if name not in PAIRED_METRICS]
+    if unknown:
+        raise ValueError(f"unknown paired metrics {unknown}; choose from {sorted(PAIRED_METRICS)}")
+    per_image: dict[str, list[torch.Tensor]] = {name: [] for name in paired}
+    reuse_real = real_stats is not None
+    if inception is not None and real_stats is None:
+        real_stats = FeatureStats()
+    fake_stats = FeatureStats() if inception is not None else None
+    confusion = None
+    ignore_index = getattr(segmenter, "ignore_index", 255)
+    target_transform = getattr(segmenter, "target_transform", None)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=batch_size,
+                                         shuffle=False, collate_fn=collate, num_workers=num_workers)
+    with torch.inference_mode() if inference_mode else torch.no_grad():
+        for batch in loader:
+            batch = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            real = batch["image"].float()
+            fake = generate(batch)
+            if not torch.is_tensor(fake) or tuple(fake.shape) != tuple(real.shape):
+                raise ValueError(f"the generator returned {tuple(fake.shape) if torch.is_tensor(fake) else type(fake)}"
+                                 f", expected images of shape {tuple(real.shape)}")
+            fake = fake.float().clamp(-1, 1)
+            real01, fake01 = (real + 1) / 2, (fake + 1) / 2
+            for name in paired:
+                per_image[name].append(PAIRED_METRICS[name](fake01, real01))
+            if inception is not None:
+                if not reuse_real:
+                    real_stats.update(inception(_to_8bit_levels(real)))
+                fake_stats.update(inception(_to_8bit_levels(fake)))
+            if segmenter is not None:
+                labels = batch["label"]
+                pred, k = segment(segmenter, fake, tuple(labels.shape[-2:]))
+                target = target_transform(labels) if target_transform is not None else labels
+                counts = confusion_matrix(pred, target, k, ignore_index)
+                confusion = counts if confusion is None else confusion + counts
+    metrics: dict[str, float | None] = {name: None for name in PAIRED_METRICS}
+    for name, values in per_image.items():
+        metrics[name] = torch.cat(values).double().mean().item() if values else None
+    metrics["fid"] = fid_from_stats(real_stats, fake_stats) if inception is not None else None
+    return Scores(metrics=metrics, count=count, real_stats=real_stats, fake_stats=fake_stats, confusion=confusion)
 
 
 def _to_8bit_levels(images: torch.Tensor) -> torch.Tensor:
@@ -104,7 +208,8 @@ def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | No
     checkpoint_path: a ``semgan train`` checkpoint (config + LGGAN weights + step).
     data_root: overrides the checkpoint config's data root (real data sets).
     split: data set split; default: the validation split (cityscapes "val", ade20k "validation",
-        coco_stuff "val"); ignored for the synthetic data set (one split, noted in the report).
+        coco_stuff "val", dayton / cvusa "test"); synthetic data: the training samples by default,
+        "val" for the held-out samples (``build_dataset``).
     num_images: evaluate the first N items (default: all; more than the split holds is capped).
     batch_size: images per generator / Inception / segmenter call.
     device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
@@ -121,7 +226,7 @@ def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | No
         other generators, or an oracle (``lambda b: b["image"]``) as a sanity check.
 
     Report keys: checkpoint, step, dataset {name, root, split, size}, num_images, batch_size, device,
-    metrics {fid, ssim, psnr, sharpness_difference, crossview_ssim, crossview_psnr,
+    metrics {fid, ssim, psnr, l1, sharpness_difference, crossview_ssim, crossview_psnr,
     crossview_sharpness_difference, miou, pixel_accuracy, mean_class_accuracy}, fid_details,
     segmentation, notes {metric: why it is null or how to read it}, versions, elapsed_s.
     """
@@ -141,10 +246,11 @@ def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | No
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
     notes: dict[str, str] = {}
     if cfg.data.dataset == "synthetic":
-        if split is not None:
-            notes["split"] = f"split={split!r} ignored: the synthetic data set has a single split"
-        split_used = None
-        notes.setdefault("dataset", "synthetic data set: no held-out split, the training samples are evaluated")
+        # Default: the training samples (as before the held-out split existed); split="val" evaluates the
+        # held-out samples the in-training evaluation uses.
+        split_used = split
+        if split is None:
+            notes["dataset"] = "synthetic data set: the training samples are evaluated (split='val': held-out ones)"
     else:
         split_used = split or EVAL_SPLITS.get(cfg.data.dataset)
     dataset = build_dataset(cfg.data, cfg.model, split_used)
@@ -187,52 +293,21 @@ def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | No
     ignore_index = getattr(hook, "ignore_index", 255)
     target_transform = getattr(hook, "target_transform", None)
 
-    h, w = cfg.model.height, cfg.model.width
-    with_ssim = min(h, w) >= 11
-    if not with_ssim:
-        notes["ssim"] = f"SSIM needs images of at least 11x11 (the Gaussian window), got {h}x{w}"
-    per_image: dict[str, list[torch.Tensor]] = {k: [] for k in (
-        "ssim", "psnr", "sharpness_difference", "crossview_ssim", "crossview_psnr", "crossview_sharpness_difference")}
-    real_stats, fake_stats = FeatureStats(), FeatureStats()
-    confusion = None
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=batch_size,
-                                         shuffle=False, collate_fn=collate, num_workers=cfg.data.num_workers)
-    with torch.inference_mode():
-        for batch in loader:
-            batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            real = batch["image"].float()
-            fake = gen(batch)
-            if not torch.is_tensor(fake) or tuple(fake.shape) != tuple(real.shape):
-                raise ValueError(f"the generator returned {tuple(fake.shape) if torch.is_tensor(fake) else type(fake)}"
-                                 f", expected images of shape {tuple(real.shape)}")
-            fake = fake.float().clamp(-1, 1)
-            real01, fake01 = (real + 1) / 2, (fake + 1) / 2
-            if with_ssim:
-                per_image["ssim"].append(ssim(fake01, real01))
-                per_image["crossview_ssim"].append(selectiongan_ssim(fake01, real01))
-            per_image["psnr"].append(psnr(fake01, real01))
-            per_image["sharpness_difference"].append(sharpness_difference(fake01, real01))
-            per_image["crossview_psnr"].append(selectiongan_psnr(fake01, real01))
-            per_image["crossview_sharpness_difference"].append(selectiongan_sharpness_difference(fake01, real01))
-            if inception is not None:
-                real_stats.update(inception(_to_8bit_levels(real)))
-                fake_stats.update(inception(_to_8bit_levels(fake)))
-            if hook is not None:
-                labels = batch["label"]
-                pred, k = segment(hook, fake, tuple(labels.shape[-2:]))
-                target = target_transform(labels) if target_transform is not None else labels
-                counts = confusion_matrix(pred, target, k, ignore_index)
-                confusion = counts if confusion is None else confusion + counts
-
-    metrics: dict[str, float | None] = {}
-    for name, values in per_image.items():
-        metrics[name] = torch.cat(values).double().mean().item() if values else None
+    paired = []
+    for name in PAIRED_METRICS:
+        reason = metric_supported(name, cfg.model.height, cfg.model.width)
+        if reason is None:
+            paired.append(name)
+        else:
+            notes.setdefault(name.removeprefix("crossview_"), reason)
+    scores = score_generator(gen, dataset, count, batch_size, dev, paired=paired, inception=inception, segmenter=hook,
+                             num_workers=cfg.data.num_workers)
+    metrics, real_stats, fake_stats, confusion = scores.metrics, scores.real_stats, scores.fake_stats, scores.confusion
     if metrics["psnr"] is not None and math.isinf(metrics["psnr"]):
         notes["psnr"] = "at least one generated image equals its real image exactly (MSE 0): PSNR is +inf (null)"
     if metrics["sharpness_difference"] is not None and math.isinf(metrics["sharpness_difference"]):
         notes["sharpness_difference"] = ("at least one generated image has exactly the real image's gradients: "
                                          "sharpness difference is +inf (null)")
-    metrics["fid"] = fid_from_stats(real_stats, fake_stats) if inception is not None else None
     fid_details = None
     if inception is not None:
         fid_details = {"inception_weights": os.path.abspath(weights_path), "num_real": real_stats.count,
@@ -242,13 +317,13 @@ def evaluate(checkpoint_path: str, data_root: str | None = None, split: str | No
                             "upwards; compare only values computed from the same number of images")
     segmentation = None
     if hook is not None:
-        scores = segmentation_scores(confusion)
-        metrics.update(miou=scores["miou"], pixel_accuracy=scores["pixel_accuracy"],
-                       mean_class_accuracy=scores["mean_class_accuracy"])
+        seg = segmentation_scores(confusion)
+        metrics.update(miou=seg["miou"], pixel_accuracy=seg["pixel_accuracy"],
+                       mean_class_accuracy=seg["mean_class_accuracy"])
         segmentation = {"segmenter": segmenter if isinstance(segmenter, str) else type(segmenter).__name__,
-                        "checkpoint": segmenter_checkpoint, "num_classes": len(scores["per_class_iou"]),
-                        "ignore_index": ignore_index, "per_class_iou": scores["per_class_iou"],
-                        "classes_present": scores["classes_present"], "pixels": scores["pixels"]}
+                        "checkpoint": segmenter_checkpoint, "num_classes": len(seg["per_class_iou"]),
+                        "ignore_index": ignore_index, "per_class_iou": seg["per_class_iou"],
+                        "classes_present": seg["classes_present"], "pixels": seg["pixels"]}
         if target_transform is None and segmentation["num_classes"] != cfg.model.num_classes:
             # The SPADE #100 / #124 pitfall: 35 Cityscapes labelIds against a 19-trainId segmenter.
             notes["segmentation"] = (

@@ -11,6 +11,7 @@ Standard definitions (default):
   C_i = (K_i * data_range)^2, statistics over the "valid" window positions only, per channel, mean
   over channels and positions (as the reference MATLAB ``ssim_index`` and most libraries).
 - ``psnr``: 10 log10(data_range^2 / MSE); identical images give +inf.
+- ``l1_error``: mean |x - y| over channels and pixels (in the unit of the inputs: [0, 1] in ``evaluate``).
 - ``sharpness_difference``: Mathieu et al. 2016 ("Deep multi-scale video prediction"), as used by
   the cross-view papers (X-Fork, SelectionGAN, LGGAN Tables 4-5):
   SD = 10 log10(data_range^2 / mean | (|dx y| + |dy y|) - (|dx x| + |dy x|) |), with forward pixel
@@ -167,6 +168,14 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     mse = (x.to(dtype) - y.to(dtype)).pow(2).mean(dim=(1, 2, 3))
     # data_range^2 / 0 = inf and log10(inf) = inf: identical images need no special case.
     return 10.0 * torch.log10(data_range ** 2 / mse)
+
+
+def l1_error(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per image, mean |x - y| over channels and pixels. x, y: [B,C,H,W] float.
+    Returns float32 [B] (float64 for float64 inputs); 0 where the images are identical."""
+    _check_pair(x, y, "l1_error")
+    dtype = _compute_dtype(x)
+    return (x.to(dtype) - y.to(dtype)).abs().mean(dim=(1, 2, 3))
 
 
 def _gradient_magnitude_l1(img: torch.Tensor) -> torch.Tensor:

@@ -21,13 +21,11 @@ Generator (paper Fig. 1-4; ``ECGANGenerator``), with C = ngf (64), N = num_class
   3x3, and 3x3 for the other two matches the project notes' cost figures for that code.)
 - G_c, class-specific pixel generation (Eq. 6-7): per class i, a stack of ``class_layers`` convs
   (k = ``class_kernel``, reflect padding, LeakyReLU 0.2 between, tanh at the end) applied to the
-  class-filtered features F * M_i, giving I_gi [B, N, 3, H, W]; I_g = sum_i I_gi (Eq. 7). What is
-  computed, exactly: layer 1 is ``ops.class_conv`` (the gather formulation of K masked copies + K
-  convs, equal to the naive per-class formula up to summation order); its per-class outputs
-  h_i = act(conv_i(pad(F * M_i))) are DENSE (non-zero outside class i: the conv spreads across the
-  border and adds the bias), so layers 2..L are ordinary per-class convolutions of h_i, run as one
-  grouped convolution (groups = N) on [B, N*hidden, H, W]. Nothing is re-masked between layers: the
-  result is exactly the naive "N independent stacks, each on F * M_i" (``class_stack_reference``).
+  class-filtered features F * M_i, giving I_gi [B, N, 3, H, W]; I_g = sum_i I_gi (Eq. 7). Computed
+  exactly (equal to the naive "N independent stacks, each on F * M_i", ``ops.class_stack_reference``,
+  up to summation order) by ``ops.class_stack`` (depth >= 2: all classes at once, only the (tile, class)
+  pairs whose receptive field holds the class are computed, the others get the class's background
+  response) or ``ops.class_conv`` (depth 1: the gather formulation).
   The paper does not say how I_g enters the final image: it is an auxiliary output trained by the
   per-class L1 (Eq. 6), which trains the shared F; ``class_image_fusion="semantic_preserving"``
   additionally feeds I_g to G_s (3 more input channels).
@@ -85,12 +83,13 @@ import torch.nn.functional as F
 
 from ..config import ECGANConfig
 from ..edges import canny, edge_image
-from ..ops import class_conv, class_l1
+from ..ops import class_conv, class_l1, class_stack
 from .discriminator import MultiscaleDiscriminator
 from .layers import OneHotConv2d, Semantics, init_weights, instance_edges, spectral_norm
 from .lggan import _drop_vgg_keys, _ignore_missing_vgg_keys, _no_param_grads
 from .segmenter import LabelGenerator, build_label_generator
 from .spade import UPSAMPLING_LAYERS, SPADEGlobalGenerator
+from .sync_norm import gather_over_ranks
 from .vgg import VGG_LAYER_WEIGHTS, VGG19Features
 
 
@@ -151,23 +150,6 @@ class ClassLayer(nn.Module):
         sigma = torch.einsum("ko,koi,ki->k", self.sn_u.clone(), mat, self.sn_v.clone())
         return weight / sigma.view(-1, 1, 1, 1, 1)
 
-    def forward_masked(self, x: torch.Tensor, labels: torch.Tensor, activation: str | None) -> torch.Tensor:
-        """Layer 1: x [B, I, H, W], labels [B, H, W] -> [B, K, O, H, W] = act(conv_c(pad(x * M_c)))."""
-        weight = self.effective_weight().to(x.dtype)
-        return class_conv(x, labels, weight, self.class_bias.to(x.dtype), padding_mode="reflect",
-                          activation=activation, backend="auto")
-
-    def forward_grouped(self, h: torch.Tensor) -> torch.Tensor:
-        """Layers 2..L: h [B, K, I, H, W] (class c's own input) -> [B, K, O, H, W] = conv_c(pad(h_c))."""
-        batch, classes, in_ch, height, width = h.shape
-        weight = self.effective_weight().to(h.dtype)
-        out_ch, k = weight.shape[1], self.kernel_size
-        pad = k // 2
-        x = F.pad(h.reshape(batch, classes * in_ch, height, width), (pad, pad, pad, pad), mode="reflect")
-        out = F.conv2d(x, weight.reshape(classes * out_ch, in_ch, k, k), self.class_bias.to(h.dtype).reshape(-1),
-                       groups=classes)
-        return out.view(batch, classes, out_ch, height, width)
-
 
 class ClassSpecificGenerator(nn.Module):
     """Eq. 6-7: per-class stacks on F * M_i. forward(features [B,C,H,W], labels [B,H,W]) ->
@@ -182,30 +164,18 @@ class ClassSpecificGenerator(nn.Module):
         widths = [in_channels] + [hidden] * (layers - 1) + [3]
         self.layers = nn.ModuleList([ClassLayer(num_classes, widths[i], widths[i + 1], kernel_size, use_spectral_norm)
                                      for i in range(layers)])
+        self.ops_backend = "auto"  # backend of class_conv / class_stack ("reference": the naive loop, e.g. for export)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor):
-        last = len(self.layers) - 1
-        h = self.layers[0].forward_masked(features, labels, "tanh" if last == 0 else None)
-        for index in range(1, last + 1):
-            h = self.layers[index].forward_grouped(F.leaky_relu(h, 0.2))
-            if index == last:
-                h = torch.tanh(h)
+        weights = [layer.effective_weight().to(features.dtype) for layer in self.layers]
+        biases = [layer.class_bias.to(features.dtype) for layer in self.layers]
+        if len(self.layers) == 1:
+            h = class_conv(features, labels, weights[0], biases[0], padding_mode="reflect", activation="tanh",
+                           backend=self.ops_backend)
+        else:
+            h = class_stack(features, labels, weights, biases, padding_mode="reflect", negative_slope=0.2,
+                            final_activation="tanh", backend=self.ops_backend)
         return h, h.sum(dim=1)
-
-
-def class_stack_reference(features: torch.Tensor, labels: torch.Tensor, weights, biases) -> torch.Tensor:
-    """The naive per-class formulation of ``ClassSpecificGenerator``: for each class i a separate stack of
-    reflect-padded convs on features * M_i (LeakyReLU 0.2 between, tanh last). weights[l]: [K,O,I,k,k]
-    (effective weights), biases[l]: [K,O]. Returns [B, K, 3, H, W]."""
-    outputs = []
-    for i in range(weights[0].shape[0]):
-        h = features * (labels == i).unsqueeze(1).to(features.dtype)
-        for index, (weight, bias) in enumerate(zip(weights, biases)):
-            pad = weight.shape[-1] // 2
-            h = F.conv2d(F.pad(h, (pad, pad, pad, pad), mode="reflect"), weight[i], bias[i])
-            h = torch.tanh(h) if index == len(weights) - 1 else F.leaky_relu(h, 0.2)
-        outputs.append(h)
-    return torch.stack(outputs, dim=1)
 
 
 class ProjectionHead(nn.Module):
@@ -678,7 +648,11 @@ class ECGANModel(nn.Module):
         contrast = contrast.to(torch.float32, copy=True)
         loss = pixel_contrast_loss(sample.embeddings, sample.labels, contrast, contrast_labels,
                                    temperature=cfg.temperature, base_temperature=cfg.base_temperature)
-        self.memory_bank.push(emb.detach(), labels)
+        # Under DDP every rank pushes every rank's batch (ContrastiveSeg's concat_all_gather), so the banks stay
+        # identical; the pixels drawn agree too, as every rank advances the same random stream. The labels are
+        # gathered at the embeddings' grid (the nearest [::s, ::s] subsampling push would apply anyway).
+        step_h, step_w = labels.shape[-2] // emb.shape[-2], labels.shape[-1] // emb.shape[-1]
+        self.memory_bank.push(*gather_over_ranks(emb.detach(), labels[:, ::step_h, ::step_w]))
         return loss
 
     def discriminator_loss(self, labels: torch.Tensor, image: torch.Tensor, fake: ECGANOutput,

@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import class_conv, class_pool
+from .losses import accumulation_dtype
+from .sync_norm import sum_over_ranks
 
 
 class ResnetBlock(nn.Module):
@@ -127,11 +129,16 @@ def class_cross_entropy(logits: torch.Tensor, present: torch.Tensor) -> torch.Te
     """Eq. 5 with the void-class filter: sum_{b,i} present[b,i] * CE(logits[b,i], i) / max(1, sum present).
 
     Per-sample validity (the public ADE20K code), which equals the public Cityscapes code at B = 1 and
-    works for any batch size. logits [B,Kc,Kc], present [B,Kc] bool -> float32 scalar (0 when no class
-    is present; no host sync).
+    works for any batch size. logits [B,Kc,Kc], present [B,Kc] bool -> float32 scalar (float64 for
+    float64 logits; 0 when no class is present; no host sync). In a multi-rank process group the sum is
+    divided by the count over all ranks (times the world size): the rank-averaged gradient is then the
+    global batch's, and the rank-averaged value the global loss.
     """
     batch, kc, _ = logits.shape
     target = torch.arange(kc, device=logits.device).repeat(batch)
-    ce = F.cross_entropy(logits.reshape(batch * kc, kc).float(), target, reduction="none")
+    ce = F.cross_entropy(accumulation_dtype(logits.reshape(batch * kc, kc)), target, reduction="none")
     valid = present.reshape(-1).to(ce.dtype)
-    return (ce * valid).sum() / valid.sum().clamp_min(1.0)
+    # Under DDP the normaliser is the global count of valid classes (a no-grad all-reduce): DDP averages the
+    # rank gradients, so rank r's loss sum_r * W / count_global makes that average the global-batch gradient.
+    count, world = sum_over_ranks(valid.sum())
+    return (ce * valid).sum() * world / count.clamp_min(1.0)

@@ -3,6 +3,9 @@
 A checkpoint is a dict with a format marker; loading checks the marker and the required keys and
 raises ``ValueError`` naming the file when it is missing, truncated or not ours. ``CheckpointManager``
 keeps the newest N files and, when the newest is corrupt, falls back to the previous one with a warning.
+It also holds ``best.pt``, the checkpoint with the best evaluation metric so far: written with the same
+atomic writer, outside the rotation, and never picked by ``load_latest`` (a run resumes from its newest
+state, not its best one). Its state carries the record ``{"metric", "value", "step"}`` under "best".
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import torch
 
 FORMAT = "semgan_fast.checkpoint/1"
 REQUIRED_KEYS = ("format", "step", "config", "model")
+BEST_NAME = "best.pt"
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -83,6 +87,33 @@ class CheckpointManager:
         for old in self.checkpoints()[:-self.keep]:
             os.remove(old)
         return path
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.directory, BEST_NAME)
+
+    def save_best(self, state: dict) -> str:
+        """Atomically (over)writes ``best.pt``; the numbered checkpoints and their rotation are untouched."""
+        save_checkpoint(state, self.best_path)
+        return self.best_path
+
+    def read_best_record(self) -> dict | None:
+        """The "best" record ({"metric", "value", "step"}) of ``best.pt``, or None when there is no usable
+        file (a corrupt one is reported with a warning). Reads the file memory-mapped: the weights are not
+        loaded."""
+        path = self.best_path
+        if not os.path.isfile(path):
+            return None
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except Exception as exc:  # truncated or foreign file: it will be replaced by the next best
+            warnings.warn(f"ignoring unusable best checkpoint {path!r}: {type(exc).__name__}: {exc}")
+            return None
+        record = state.get("best") if isinstance(state, dict) and state.get("format") == FORMAT else None
+        if not isinstance(record, dict) or not {"metric", "value", "step"} <= record.keys():
+            warnings.warn(f"ignoring best checkpoint {path!r}: it holds no best-metric record")
+            return None
+        return dict(record)
 
     def load_latest(self, map_location="cpu") -> tuple[dict, str] | None:
         """Newest loadable checkpoint and its path, skipping corrupt ones with a warning; None if none."""

@@ -46,3 +46,31 @@ def all_reduce_mean_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(tensor)
         tensor /= info.world_size
     return tensor
+
+
+def broadcast_(tensor: torch.Tensor, info: DistInfo, src: int = 0) -> torch.Tensor:
+    """In-place broadcast from rank ``src`` (no-op in one process). A collective: every rank must call it."""
+    if info.enabled:
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
+def all_reduce_grads_mean_(params, info: DistInfo) -> None:
+    """Averages the gradients of ``params`` (those that have one) across ranks in place, as DDP does for the
+    modules it wraps; for trainable parameters outside the DDP-wrapped modules (ECGAN's trained-alongside
+    segmenter). One flattened all-reduce per dtype. Every rank must pass the same parameters with
+    gradients in the same order (true when the same loss code runs on every rank)."""
+    if not info.enabled:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for grad in grads:
+        by_dtype.setdefault(grad.dtype, []).append(grad)
+    for group in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat /= info.world_size
+        offset = 0
+        for grad in group:
+            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
