@@ -1,5 +1,7 @@
 """CLI commands ``semgan export onnx``, ``semgan export trt`` and ``semgan infer``.
 
+``--checkpoint`` accepts LGGAN and ECGAN checkpoints (other model types: an error naming the type).
+
 Wire into ``semgan_fast/cli.py``'s ``build_parser`` with ``add_export_parsers(sub)``. Each command
 returns an exit code: 0 on success, 2 for bad input (ValueError, raised to the caller's handler) and
 for a missing TensorRT / GPU / plugin library (message on stderr).
@@ -14,7 +16,8 @@ import sys
 
 
 def _source(args):
-    """The model to export: --checkpoint, or a randomly initialised --preset (smoke tests, benchmarks)."""
+    """The model to export: --checkpoint (LGGAN or ECGAN), or a randomly initialised --preset generator
+    (smoke tests, benchmarks; ``ecgan_*`` presets give ECGAN)."""
     from .inference import generator_from_checkpoint, random_generator
 
     if args.checkpoint:
@@ -26,9 +29,10 @@ def _source(args):
     if args.ablation:
         from semgan_fast.config import preset
 
-        row = preset(args.preset).model.ablation(args.ablation)
+        base = preset(args.preset).model
+        row = base.ablation(args.ablation)
         overrides.update({f.name: getattr(row, f.name) for f in dataclasses.fields(row)
-                          if f.name in ("use_local", "local_combine", "use_class_loss", "use_weight_map")})
+                          if f.name != "use_vgg" and getattr(row, f.name) != getattr(base, f.name)})
     print(f"semgan export: no --checkpoint; exporting a randomly initialised {args.preset!r} generator", file=sys.stderr)
     return random_generator(args.preset, seed=args.seed, **overrides)
 
@@ -40,7 +44,8 @@ def cmd_export_onnx(args) -> int:
     from . import onnx_export as oe
     from .inference import build_inference_generator
 
-    generator = build_inference_generator(_source(args), dtype=args.precision)
+    source = _source(args)
+    generator = build_inference_generator(source, dtype=args.precision)
     model = oe.export_onnx(generator, args.out, graph=args.graph, batch=args.batch, height=args.height,
                            width=args.width, dynamic=not args.static, opset=args.opset, verbose=args.verbose)
     oe.check_model(model)
@@ -54,7 +59,7 @@ def cmd_export_onnx(args) -> int:
           + (f"; custom {custom}" if custom else "") + ")")
     if args.check:
         labels, edge = generator.example_inputs(args.batch, args.height, args.width, seed=1)
-        reference = build_inference_generator(_source(args) if not args.checkpoint else args.checkpoint)
+        reference = build_inference_generator(source)          # fp32 PyTorch
         with torch.no_grad():
             expected = reference(labels, edge).numpy()
         feeds = oe.feeds_for(generator, labels, edge)
@@ -71,11 +76,22 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_export_trt(args) -> int:
-    from .trt_build import TensorRTUnavailable, build_engine
+    from .trt_build import TensorRTUnavailable, build_engine, import_tensorrt
 
     opt = args.opt_shape or args.max_shape
+    onnx_path = args.onnx
     try:
-        summary = build_engine(args.onnx, args.out, args.min_shape, opt, args.max_shape, fp16=not args.fp32,
+        if args.checkpoint:
+            import_tensorrt()      # fail fast (exit 2) before the export when TensorRT is missing
+            from .inference import build_inference_generator, generator_from_checkpoint
+            from .onnx_export import export_onnx
+
+            onnx_path = os.path.splitext(args.out)[0] + ".onnx"
+            generator = build_inference_generator(generator_from_checkpoint(args.checkpoint),
+                                                  dtype="fp32" if args.fp32 else "fp16")
+            export_onnx(generator, onnx_path, graph="deploy", batch=opt[0], height=opt[1], width=opt[2], dynamic=True)
+            print(f"semgan export trt: deploy graph of {args.checkpoint} -> {onnx_path}")
+        summary = build_engine(onnx_path, args.out, args.min_shape, opt, args.max_shape, fp16=not args.fp32,
                                plugin=args.plugin, timing_cache=args.timing_cache, workspace_gib=args.workspace_gib,
                                verbose=args.verbose)
     except TensorRTUnavailable as exc:
@@ -100,6 +116,39 @@ def _label_files(path: str) -> list[str]:
     return [path]
 
 
+class _TorchRunner:
+    """``semgan infer --checkpoint``: the PyTorch inference generator (fused class ops) on a device, with
+    the interface of ``TRTGenerator`` that ``cmd_infer`` uses."""
+
+    def __init__(self, checkpoint: str, precision: str, device: str):
+        import torch
+
+        from .inference import build_inference_generator
+
+        self.device = torch.device(device)
+        self.generator = build_inference_generator(checkpoint, dtype=precision).to(self.device)
+        self.uses_edge = self.generator.use_edge
+        self.info = {"size_multiple": self.generator.size_multiple}
+
+    def __call__(self, labels, edge=None):
+        import torch
+
+        with torch.no_grad():
+            return self.generator(labels, edge)
+
+
+def _runner(args):
+    """(runner, device): a TensorRT engine (--engine) or the PyTorch generator of a checkpoint."""
+    import torch
+
+    if args.checkpoint:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return _TorchRunner(args.checkpoint, args.precision, device), torch.device(device)
+    from .trt_infer import TRTGenerator
+
+    return TRTGenerator(args.engine, plugin=args.plugin, cuda_graphs=not args.no_cuda_graphs), torch.device("cuda")
+
+
 def cmd_infer(args) -> int:
     import time
 
@@ -112,13 +161,12 @@ def cmd_infer(args) -> int:
 
     files = _label_files(args.labels)
     try:
-        from .trt_infer import TRTGenerator
-
-        runner = TRTGenerator(args.engine, plugin=args.plugin, cuda_graphs=not args.no_cuda_graphs)
+        runner, device = _runner(args)
     except TensorRTUnavailable as exc:
         print(f"semgan infer: {exc}", file=sys.stderr)
         return 2
     mult = int(runner.info.get("size_multiple", 1))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     os.makedirs(args.out, exist_ok=True)
     timings = []
     for start in range(0, len(files), args.batch_size):
@@ -130,22 +178,22 @@ def cmd_infer(args) -> int:
         height, width = shapes.pop()
         if height % mult or width % mult:
             raise ValueError(f"label maps must be {mult}-divisible in height and width, got {height}x{width}")
-        labels = torch.stack(maps).to(torch.int32).cuda()
+        labels = torch.stack(maps).to(torch.int32).to(device)
         edge = None
         if runner.uses_edge:
             instances = labels
             if args.instances:
                 instances = torch.stack([load_label_map(os.path.join(args.instances, os.path.basename(p)))
-                                         for p in chunk]).cuda()
+                                         for p in chunk]).to(device)
             edge = instance_edges(instances)
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         images = runner(labels, edge)
-        torch.cuda.synchronize()
+        sync()
         timings.append((time.perf_counter() - t0) * 1e3)
         for path, image in zip(chunk, images):
             target = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + "_synth.png")
-            save_image(image, target)
+            save_image(image.cpu(), target)
             print(f"  {path} -> {target}")
     print(f"semgan infer: {len(files)} image(s); per-batch latency (ms): " + json.dumps([round(t, 3) for t in timings]))
     return 0
@@ -170,7 +218,7 @@ def add_export_parsers(subparsers) -> None:
     onnx_p = export_sub.add_parser("onnx", help="inference generator -> ONNX (reference or deploy graph)")
     onnx_p.add_argument("--checkpoint", help="trained checkpoint (default: a randomly initialised --preset model)")
     onnx_p.add_argument("--preset", default="synthetic", choices=sorted(PRESETS))
-    onnx_p.add_argument("--ablation", choices=["S1", "S2", "S3", "S4", "S5"], help="preset model only")
+    onnx_p.add_argument("--ablation", help="preset model only: LGGAN S1..S5, ECGAN Gi/Ge/Gt/Gs/Gl/Gc (Table 3 rows)")
     onnx_p.add_argument("--ngf", type=int, help="preset model only: generator width")
     onnx_p.add_argument("--spade-hidden", dest="spade_hidden", type=int, help="preset model only")
     onnx_p.add_argument("--num-resblocks", dest="num_resblocks", type=int, help="preset model only")
@@ -190,7 +238,10 @@ def add_export_parsers(subparsers) -> None:
     onnx_p.set_defaults(func=cmd_export_onnx)
 
     trt_p = export_sub.add_parser("trt", help="deploy ONNX -> TensorRT engine (needs TensorRT and a GPU)")
-    trt_p.add_argument("--onnx", required=True, help="deploy graph from `semgan export onnx --graph deploy`")
+    trt_source = trt_p.add_mutually_exclusive_group(required=True)
+    trt_source.add_argument("--onnx", help="deploy graph from `semgan export onnx --graph deploy`")
+    trt_source.add_argument("--checkpoint", help="LGGAN / ECGAN checkpoint: exports its deploy graph (fp16 unless "
+                            "--fp32, dynamic shapes) to <out without extension>.onnx, then builds the engine")
     trt_p.add_argument("--out", required=True, help="engine path")
     trt_p.add_argument("--min-shape", dest="min_shape", type=_shape, default=(1, 256, 256), help="BxHxW")
     trt_p.add_argument("--opt-shape", dest="opt_shape", type=_shape, default=None, help="BxHxW (default: max)")
@@ -203,12 +254,18 @@ def add_export_parsers(subparsers) -> None:
     trt_p.add_argument("--verbose", action="store_true")
     trt_p.set_defaults(func=cmd_export_trt)
 
-    infer = subparsers.add_parser("infer", help="label maps -> images with a TensorRT engine (CUDA graphs)")
-    infer.add_argument("--engine", required=True)
+    infer = subparsers.add_parser("infer", help="label maps -> images with a TensorRT engine (CUDA graphs) or, "
+                                  "with --checkpoint, the PyTorch inference generator")
+    infer_source = infer.add_mutually_exclusive_group(required=True)
+    infer_source.add_argument("--engine", help="TensorRT engine from `semgan export trt`")
+    infer_source.add_argument("--checkpoint", help="LGGAN / ECGAN checkpoint: PyTorch inference generator "
+                              "(folded, fused class ops; no TensorRT needed)")
     infer.add_argument("--labels", required=True, help="a PNG of class ids, or a directory of them")
     infer.add_argument("--instances", help="directory of instance-id PNGs with the same file names")
     infer.add_argument("--out", default="generated")
     infer.add_argument("--batch-size", dest="batch_size", type=int, default=1)
-    infer.add_argument("--plugin", help="libsemgan_trt_plugins.so (default: $SEMGAN_TRT_PLUGIN or build*/)")
-    infer.add_argument("--no-cuda-graphs", dest="no_cuda_graphs", action="store_true")
+    infer.add_argument("--plugin", help="--engine: libsemgan_trt_plugins.so (default: $SEMGAN_TRT_PLUGIN or build*/)")
+    infer.add_argument("--no-cuda-graphs", dest="no_cuda_graphs", action="store_true", help="--engine only")
+    infer.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="--checkpoint only")
+    infer.add_argument("--device", help="--checkpoint only (default: cuda if available, else cpu)")
     infer.set_defaults(func=cmd_infer)

@@ -1,21 +1,20 @@
 """Inference-only generators for export (ONNX, TensorRT) and fast eager inference.
 
-LGGAN has a dedicated module (``LGGANInference``, everything below). ECGAN goes through the generic
-path (``GenericInference``): the same folding of spectral norm, eval mode and removal of its training
-heads (contrastive projection head; the class-specific generator when its image does not feed G_s),
-but batch norms are not folded, fp32 only, and its resolution is fixed by the config (dynamic batch).
+LGGAN: ``LGGANInference`` (this file). ECGAN: ``ECGANInference`` (``ecgan_inference.py``), built from
+the same pieces (folded SPADE blocks, one-hot convs, the spectral-norm folding below).
 
-``build_inference_generator(source)`` turns a trained generator (``LGGANGenerator``, an ``LGGANModel``,
-a checkpoint dict or a checkpoint path) into an ``nn.Module`` that maps
+``build_inference_generator(source)`` turns a trained generator (``LGGANGenerator`` / ``ECGANGenerator``,
+their models, a checkpoint dict or a checkpoint path) into an ``nn.Module`` that maps
 
-    forward(labels [B,H,W] int32/int64, edge [B,1,H,W] float | None) -> image [B,3,H,W] float32 in [-1, 1]
+    forward(labels [B,H,W] int32/int64, edge [B,1,H,W] float | None) -> image [B,3,H,W] float32
 
 and differs from the training generator only in ways that are exact in real arithmetic:
 
 - eval mode, no training heads: the classification module (class scores) is dropped; only the fused
   image I^C is produced (the local/global images and weights stay internal);
 - spectral norm folded: each parametrised weight is replaced by W / sigma computed from the stored
-  singular vectors (the value eval mode uses; no power iteration at inference);
+  singular vectors (the value eval mode uses; no power iteration at inference); ECGAN's per-class
+  spectral norm (``ClassLayer``: W_c / sigma_c per class) likewise;
 - batch norm folded: SPADE's parameter-free batch norm (running statistics) is an affine map
   x * a + c per channel; with out = (x a + c)(1 + gamma) + beta it becomes out = x * G + B, where
   G = conv(actv, a W_gamma) + a (1 + b_gamma) and B = conv(actv, W_beta + c W_gamma) + c (1 + b_gamma)
@@ -43,10 +42,8 @@ Class ops (``ops_backend``, changeable with ``set_ops_backend``):
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import importlib
 import os
 
 import torch
@@ -54,12 +51,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from semgan_fast.config import ExperimentConfig, LGGANConfig
+from semgan_fast.config import ECGANConfig, ExperimentConfig, LGGANConfig, model_type_of
 from semgan_fast.models.layers import OneHotConv2d
 from semgan_fast.models.lggan import LGGANGenerator, LGGANModel
 from semgan_fast.models.spade import SPADE, UPSAMPLING_LAYERS, SPADEResnetBlock
 from semgan_fast.models.sync_norm import ParamFreeSyncBatchNorm
-from semgan_fast.ops._dispatch import ENV_OVERRIDE
 from semgan_fast.ops.class_conv import class_conv
 from semgan_fast.ops.onehot_conv import onehot_conv
 
@@ -198,6 +194,11 @@ def fold_spectral_norm(module: nn.Module) -> nn.Module:
     """In place: every parametrised ``weight`` becomes a plain parameter holding its eval-mode value
     (spectral norm: W / sigma from the stored singular vectors, no power iteration). Returns module.
 
+    Per-class spectral norm (ECGAN's ``ClassLayer``: ``class_weight`` [K,O,I,k,k] with
+    ``use_spectral_norm`` and ``effective_weight()``) is folded the same way: ``class_weight`` becomes
+    the effective weight W_c / sigma_c (eval mode: stored u_c, v_c), the flag is cleared and the
+    singular-vector buffers are dropped, so the layer's own forward uses the folded weight as is.
+
     Call it on a deep copy. ``parametrize.remove_parametrizations`` is not used: it deletes the
     property from the generated ``Parametrized*`` class, which a deep copy shares with the original."""
     was_training = module.training
@@ -211,8 +212,19 @@ def fold_spectral_norm(module: nn.Module) -> nn.Module:
                 sub.__class__ = parametrize.type_before_parametrizations(sub)
                 del sub._modules["parametrizations"]
                 sub.weight = nn.Parameter(weight, requires_grad=False)
+            elif _has_per_class_spectral_norm(sub):
+                weight = sub.effective_weight().detach().clone()
+                sub.class_weight = nn.Parameter(weight, requires_grad=False)
+                sub.use_spectral_norm = False
+                for name in ("sn_u", "sn_v"):
+                    sub._buffers.pop(name, None)
     module.train(was_training)
     return module
+
+
+def _has_per_class_spectral_norm(module: nn.Module) -> bool:
+    return (getattr(module, "use_spectral_norm", False) is True and callable(getattr(module, "effective_weight", None))
+            and isinstance(getattr(module, "class_weight", None), nn.Parameter))
 
 
 def _affine_of_norm(norm: nn.Module, channels: int):
@@ -303,16 +315,83 @@ def _at_stride(labels: torch.Tensor, extra: torch.Tensor | None, stride: int):
     return labels[:, ::stride, ::stride], (None if extra is None else extra[:, :, ::stride, ::stride])
 
 
+def spade_block_names(global_generator) -> list[str]:
+    """Names of a ``SPADEGlobalGenerator``'s residual blocks in forward order."""
+    names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
+    if global_generator.num_upsampling_layers == "most":
+        names.append("up_4")
+    return names
+
+
+def run_spade_blocks(blocks: nn.ModuleDict, x: torch.Tensor, labels: torch.Tensor, extra: torch.Tensor | None,
+                     size_multiple: int, extra_up: bool) -> torch.Tensor:
+    """The SPADE trunk schedule (``SPADEGlobalGenerator.forward`` without its output conv) on
+    ``InferenceSPADEBlock``s: x [B,16 ngf,H/m,W/m] at the latent (m = size_multiple) -> [B,C,H,W].
+    Each block reads the labels (and extra) at its resolution, as a strided slice."""
+    stride = size_multiple
+
+    def block(name, x):
+        lab, ext = _at_stride(labels, extra, stride)
+        return blocks[name](x, lab, ext)
+
+    x = block("head_0", x)
+    x, stride = _up(x), stride // 2
+    x = block("G_middle_0", x)
+    if extra_up:
+        x, stride = _up(x), stride // 2
+    x = block("G_middle_1", x)
+    for name in ("up_0", "up_1", "up_2", "up_3") + (("up_4",) if "up_4" in blocks else ()):
+        x, stride = _up(x), stride // 2
+        x = block(name, x)
+    return x
+
+
+class InferenceGenerator(nn.Module):
+    """Shared interface of the inference generators: inputs, example inputs, input checks and the
+    class-op backend. Subclasses set ``model_type`` (as ``ExperimentConfig.model_type``), ``cfg``, ``ops``,
+    ``size_multiple``, ``num_classes`` and ``use_edge``."""
+
+    def set_ops_backend(self, backend: str) -> "InferenceGenerator":
+        self.ops.backend = _check_backend(backend)
+        return self
+
+    def input_names(self) -> list[str]:
+        return ["labels", "edge"] if self.use_edge else ["labels"]
+
+    def example_inputs(self, batch: int = 1, height: int | None = None, width: int | None = None,
+                       device="cpu", seed: int = 0) -> tuple:
+        """Random (labels int32 [B,H,W], edge float32 [B,1,H,W] | None) of the given size (default: cfg's)."""
+        gen = torch.Generator().manual_seed(seed)
+        h, w = height or self.cfg.height, width or self.cfg.width
+        labels = torch.randint(0, self.num_classes, (batch, h, w), generator=gen, dtype=torch.int32)
+        edge = (torch.rand(batch, 1, h, w, generator=gen) < 0.1).float() if self.use_edge else None
+        return labels.to(device), (None if edge is None else edge.to(device))
+
+    def _check_inputs(self, labels: torch.Tensor, edge: torch.Tensor | None) -> torch.Tensor | None:
+        """Validates labels / edge (shapes and dtypes only: no value checks); returns the extra channel."""
+        if labels.dim() != 3 or labels.dtype.is_floating_point:
+            raise ValueError(f"labels must be an integer [B, H, W] tensor, got {labels.dtype} {tuple(labels.shape)}")
+        height, width = labels.shape[-2:]
+        if height % self.size_multiple or width % self.size_multiple:
+            raise ValueError(f"labels height and width must be multiples of {self.size_multiple}, "
+                             f"got {height}x{width}")
+        if self.use_edge and edge is None:
+            raise ValueError("this generator uses the instance-edge channel: pass edge [B,1,H,W]")
+        return edge if self.use_edge else None
+
+
 # ----------------------------------------------------------------------------------------------
 # LGGAN
 # ----------------------------------------------------------------------------------------------
 
-class LGGANInference(nn.Module):
+class LGGANInference(InferenceGenerator):
     """Inference-only LGGAN generator (see module docstring). Dynamic batch and resolution.
 
     forward(labels [B,H,W] int32/int64 in [0, K), edge [B,1,H,W] float | None) -> [B,3,H,W] float32.
     ``edge`` is required iff ``cfg.use_instance_edge``. H, W must be multiples of ``self.size_multiple``.
     """
+
+    model_type = "lggan"
 
     def __init__(self, generator: LGGANGenerator, dtype: torch.dtype = torch.float32, ops_backend: str = "auto"):
         super().__init__()
@@ -322,7 +401,6 @@ class LGGANInference(nn.Module):
         self.cfg = cfg
         self.ops = OpsSettings(ops_backend)
         gen = fold_spectral_norm(copy.deepcopy(generator).float().eval())
-        self.dynamic_resolution = True
         self.n_up = UPSAMPLING_LAYERS[cfg.num_upsampling_layers]
         self.size_multiple = 2 ** self.n_up
         self.num_classes = cfg.num_classes
@@ -337,11 +415,8 @@ class LGGANInference(nn.Module):
         self.latent_stride = 2 ** (self.n_up - len(enc.down))   # encoder output H/16 -> latent H/2^n_up
         # Global generator
         g = gen.global_generator
-        names = ["head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3"]
-        if g.num_upsampling_layers == "most":
-            names.append("up_4")
-        self.block_names = names
-        self.blocks = nn.ModuleDict({n: InferenceSPADEBlock(getattr(g, n), self.ops) for n in names})
+        self.block_names = spade_block_names(g)
+        self.blocks = nn.ModuleDict({n: InferenceSPADEBlock(getattr(g, n), self.ops) for n in self.block_names})
         self.conv_img = copy.deepcopy(g.conv_img)
         self.extra_up = g.num_upsampling_layers in ("more", "most")
         # Local generator and weight map (the classifier is a training head: dropped)
@@ -367,37 +442,8 @@ class LGGANInference(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.conv_img.weight.dtype
 
-    def set_ops_backend(self, backend: str) -> "LGGANInference":
-        self.ops.backend = _check_backend(backend)
-        return self
-
-    def input_names(self) -> list[str]:
-        return ["labels", "edge"] if self.use_edge else ["labels"]
-
-    def example_inputs(self, batch: int = 1, height: int | None = None, width: int | None = None,
-                       device="cpu", seed: int = 0) -> tuple:
-        """Random (labels int32 [B,H,W], edge float32 [B,1,H,W] | None) of the given size (default: cfg's)."""
-        gen = torch.Generator().manual_seed(seed)
-        h, w = height or self.cfg.height, width or self.cfg.width
-        labels = torch.randint(0, self.num_classes, (batch, h, w), generator=gen, dtype=torch.int32)
-        edge = (torch.rand(batch, 1, h, w, generator=gen) < 0.1).float() if self.use_edge else None
-        return labels.to(device), (None if edge is None else edge.to(device))
-
-    def _spade(self, name: str, x, labels, edge, stride):
-        lab, ext = _at_stride(labels, edge, stride)
-        return self.blocks[name](x, lab, ext)
-
     def forward(self, labels: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
-        if labels.dim() != 3 or labels.dtype.is_floating_point:
-            raise ValueError(f"labels must be an integer [B, H, W] tensor, got {labels.dtype} {tuple(labels.shape)}")
-        height, width = labels.shape[-2:]
-        if height % self.size_multiple or width % self.size_multiple:
-            raise ValueError(f"labels height and width must be multiples of {self.size_multiple}, "
-                             f"got {height}x{width}")
-        if self.use_edge and edge is None:
-            raise ValueError("this generator uses the instance-edge channel: pass edge [B,1,H,W]")
-        extra = edge if self.use_edge else None
-        dtype = self.dtype
+        extra = self._check_inputs(labels, edge)
         # Encoder (E)
         x = F.relu(self.enc_norm1(self.enc_conv1(labels, extra)))
         x = self.enc_down[0](x)
@@ -405,16 +451,7 @@ class LGGANInference(nn.Module):
         x = self.enc_down[3](self.enc_down[2](x_encode))
         x = x[:, :, ::self.latent_stride, ::self.latent_stride]     # nearest resize to the latent size
         # Global generator (G_g): the label stride halves with every 2x upsampling
-        stride = self.size_multiple
-        x = self._spade("head_0", x, labels, extra, stride)
-        x, stride = _up(x), stride // 2
-        x = self._spade("G_middle_0", x, labels, extra, stride)
-        if self.extra_up:
-            x, stride = _up(x), stride // 2
-        x = self._spade("G_middle_1", x, labels, extra, stride)
-        for name in ("up_0", "up_1", "up_2", "up_3") + (("up_4",) if "up_4" in self.blocks else ()):
-            x, stride = _up(x), stride // 2
-            x = self._spade(name, x, labels, extra, stride)
+        x = run_spade_blocks(self.blocks, x, labels, extra, self.size_multiple, self.extra_up)
         global_image = torch.tanh(self.conv_img(F.leaky_relu(x, 0.2)).float())
         if not self.use_local:
             return global_image
@@ -441,140 +478,75 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 # Construction from models and checkpoints (generic entry point)
 # ----------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _backend_override(backend: str):
-    """Routes the class ops inside a wrapped generator (which call the public ops with backend="auto")
-    through ``SEMGAN_BACKEND`` (``_dispatch.ENV_OVERRIDE``): "decomposed" means the reference ops
-    there (standard ONNX ops: masked convolutions, one_hot + conv)."""
-    name = {"auto": None, "decomposed": "reference"}.get(backend, backend)
-    if name is None:
-        yield
-        return
-    previous = os.environ.get(ENV_OVERRIDE)
-    os.environ[ENV_OVERRIDE] = name
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ENV_OVERRIDE, None)
-        else:
-            os.environ[ENV_OVERRIDE] = previous
+# Model types of ``ExperimentConfig.model_type`` that have an inference generator.
+EXPORTABLE_MODEL_TYPES = ("lggan", "ecgan")
 
 
-class GenericInference(nn.Module):
-    """Inference wrapper for generators without a dedicated inference module (ECGAN).
-
-    forward(labels [B,H,W] int, edge [B,1,H,W] | None) -> ``generator(labels, edge).final`` as float32.
-    Spectral norm folded, eval mode, frozen, training-only heads removed (``drop``). Less than
-    ``LGGANInference``: batch norms stay eval-mode batch norms (not folded), fp32 only, and the
-    resolution is the config's (the wrapped generator fixes its latent size); the batch is dynamic.
-    """
-
-    dynamic_resolution = False
-    size_multiple = 1
-
-    def __init__(self, generator: nn.Module, ops_backend: str = "auto", drop: tuple[str, ...] = ()):
-        super().__init__()
-        self.cfg = generator.cfg
-        self.ops = OpsSettings(ops_backend)
-        gen = fold_spectral_norm(copy.deepcopy(generator).float().eval())
-        for name in drop:
-            setattr(gen, name, None)
-        self.generator = gen
-        self.num_classes = self.cfg.num_classes
-        self.use_edge = self.cfg.use_instance_edge
-        self.requires_grad_(False)
-        self.eval()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
-
-    def set_ops_backend(self, backend: str) -> "GenericInference":
-        self.ops.backend = _check_backend(backend)
-        return self
-
-    def input_names(self) -> list[str]:
-        return ["labels", "edge"] if self.use_edge else ["labels"]
-
-    def example_inputs(self, batch: int = 1, height: int | None = None, width: int | None = None,
-                       device="cpu", seed: int = 0) -> tuple:
-        return LGGANInference.example_inputs(self, batch, height, width, device, seed)
-
-    def forward(self, labels: torch.Tensor, edge: torch.Tensor | None = None) -> torch.Tensor:
-        with _backend_override(self.ops.backend):
-            out = self.generator(labels, edge if self.use_edge else None)
-        return out.final.float()
-
-
-def _ecgan_inference(source, dtype: torch.dtype, ops_backend: str):
-    """GenericInference for ECGAN generators / models, or None when source is not ECGAN."""
-    try:
-        ecgan = importlib.import_module("semgan_fast.models.ecgan")
-    except ImportError:
-        return None
-    if isinstance(source, getattr(ecgan, "ECGANModel", ())):
-        source = source.generator
-    if not isinstance(source, getattr(ecgan, "ECGANGenerator", ())):
-        return None
-    cfg = source.cfg
-    if dtype != torch.float32:
-        raise ValueError("ECGAN inference export supports fp32 only (no dedicated inference module yet)")
-    if getattr(cfg, "multimodal", False):
-        raise ValueError("multi-modal ECGAN needs a style code z at inference; not supported by the export")
-    # Training-only parts: the contrastive projection head, and the class-specific generator when
-    # its image does not feed G_s (class_image_fusion="none": it only serves the Eq. 6 loss).
-    drop = ["projection"]
-    if getattr(cfg, "class_image_fusion", "none") != "semantic_preserving":
-        drop.append("class_generator")
-    return GenericInference(source, ops_backend=ops_backend, drop=tuple(drop))
+def _check_exportable(model_type: str) -> None:
+    if model_type not in EXPORTABLE_MODEL_TYPES:
+        raise ValueError(f"model type {model_type!r} has no inference export (supported: "
+                         f"{', '.join(EXPORTABLE_MODEL_TYPES)})")
 
 
 def generator_from_checkpoint(state_or_path, map_location="cpu") -> nn.Module:
-    """The generator (eval mode) of a semgan_fast checkpoint (path or loaded dict)."""
+    """The generator (eval mode) of a semgan_fast checkpoint (path or loaded dict) of an exportable
+    model type (LGGAN, ECGAN); ValueError naming the type otherwise."""
+    from semgan_fast.models import build_inference_model
     from semgan_fast.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(state_or_path, map_location) if isinstance(state_or_path, (str, os.PathLike)) \
         else state_or_path
+    _check_exportable(state["config"].get("model_type") or "lggan")
     cfg = ExperimentConfig.from_dict(state["config"])
-    model = LGGANModel(dataclasses.replace(cfg.model, use_vgg=False))
-    model.load_state_dict({k: v for k, v in state["model"].items() if not k.startswith("vgg.")})
-    return model.generator.eval()
+    return build_inference_model(cfg, state["model"]).generator.eval()
 
 
 def build_inference_generator(source, dtype: torch.dtype | str = torch.float32, ops_backend: str = "auto") -> nn.Module:
-    """Inference-only generator from an LGGANGenerator, LGGANModel, checkpoint dict or checkpoint path.
+    """Inference-only generator from an LGGAN / ECGAN generator or model, a checkpoint dict or a
+    checkpoint path: ``LGGANInference`` or ``ECGANInference``.
 
     dtype: torch dtype or "fp32" / "fp16" / "bf16". ops_backend: see module docstring.
     """
+    from semgan_fast.models.ecgan import ECGANGenerator, ECGANModel
+
+    from .ecgan_inference import ECGANInference
+
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES[dtype]
     if isinstance(source, (str, os.PathLike, dict)):
         source = generator_from_checkpoint(source)
-    if isinstance(source, LGGANModel):
+    if isinstance(source, (LGGANModel, ECGANModel)):
         source = source.generator
+    if isinstance(getattr(source, "cfg", None), (LGGANConfig, ECGANConfig)):
+        _check_exportable(model_type_of(source.cfg))    # e.g. CrossViewGenerator is an LGGANGenerator subclass
     if isinstance(source, LGGANGenerator):
         return LGGANInference(source, dtype=dtype, ops_backend=ops_backend)
-    generic = _ecgan_inference(source, dtype, ops_backend)
-    if generic is not None:
-        return generic
+    if isinstance(source, ECGANGenerator):
+        return ECGANInference(source, dtype=dtype, ops_backend=ops_backend)
     raise ValueError(f"no inference builder for {type(source).__name__} (supported: LGGANGenerator, LGGANModel, "
-                     "ECGANGenerator, ECGANModel, LGGAN checkpoints)")
+                     "ECGANGenerator, ECGANModel, and checkpoints of model type lggan / ecgan)")
 
 
-def random_generator(preset_name: str = "synthetic", seed: int = 0, **overrides) -> LGGANGenerator:
-    """A randomly initialised LGGAN generator of a preset (tests, benchmarks, export smoke runs).
-    ``overrides`` replace LGGANConfig fields (e.g. ngf=4). Batch-norm running statistics are set
-    to non-trivial values so that folding them is exercised."""
+def random_generator(preset_name: str = "synthetic", seed: int = 0, **overrides) -> nn.Module:
+    """A randomly initialised generator (eval mode) of a preset: LGGAN presets give an ``LGGANGenerator``,
+    ECGAN presets (``ecgan_*``) an ``ECGANGenerator`` (tests, benchmarks, export smoke runs).
+    ``overrides`` replace model-config fields (e.g. ngf=4). Batch-norm running statistics are set to
+    non-trivial values so that folding them is exercised."""
     from semgan_fast.config import preset
+    from semgan_fast.models import build_inference_model
 
+    base = preset(preset_name).model
+    _check_exportable(model_type_of(base))
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"{type(base).__name__} has no field(s) {unknown} (preset {preset_name!r})")
     overrides.setdefault("init_type", "default")   # Xavier gain 0.02 gives near-zero images: weak tests
-    cfg = dataclasses.replace(preset(preset_name).model, use_vgg=False, **overrides)
+    cfg = dataclasses.replace(base, use_vgg=False, **overrides)
     torch.manual_seed(seed)
-    model = LGGANModel(cfg)
-    gen = model.generator
+    gen = build_inference_model(cfg).generator
     with torch.no_grad():
         for mod in gen.modules():
             if isinstance(mod, (nn.BatchNorm2d, ParamFreeSyncBatchNorm)):

@@ -44,8 +44,6 @@ def _dynamic_shapes(generator, dynamic: bool):
         return None
     mult = generator.size_multiple
     batch = torch.export.Dim("batch", min=1, max=1024)
-    if not generator.dynamic_resolution:   # wrapped generators with a fixed latent size: batch only
-        return {"labels": {0: batch}, "edge": {0: batch} if generator.use_edge else None}
     # H, W = multiple * h: divisibility is part of the shape spec, so no guard fails on it.
     height = mult * torch.export.Dim("h", min=1, max=8192 // mult)
     width = mult * torch.export.Dim("w", min=1, max=8192 // mult)
@@ -79,8 +77,7 @@ def export_onnx(generator, path: str | None = None, graph: str = "reference", ba
     height, width = height or generator.cfg.height, width or generator.cfg.width
     if dynamic:   # sizes 1 (batch) or 1 * multiple would be specialised to constants by torch.export
         batch = max(batch, 2)
-        if generator.dynamic_resolution:
-            height, width = max(height, 2 * generator.size_multiple), max(width, 2 * generator.size_multiple)
+        height, width = max(height, 2 * generator.size_multiple), max(width, 2 * generator.size_multiple)
     labels, edge = generator.example_inputs(batch, height, width, device=device)
     previous = generator.ops.backend
     generator.set_ops_backend("decomposed" if graph == "reference" else _fused_backend(device))
@@ -107,8 +104,8 @@ def export_onnx(generator, path: str | None = None, graph: str = "reference", ba
 def _annotate(model, generator, graph: str, dynamic: bool) -> None:
     meta = {"semgan.graph": graph, "semgan.precision": str(generator.dtype).replace("torch.", ""),
             "semgan.size_multiple": str(generator.size_multiple), "semgan.dynamic": str(int(dynamic)),
-            "semgan.dynamic_resolution": str(int(generator.dynamic_resolution)),
             "semgan.num_classes": str(generator.num_classes),
+            "semgan.model_type": generator.model_type,
             "semgan.inputs": ",".join(generator.input_names())}
     cfg = getattr(generator, "cfg", None)
     if cfg is not None:

@@ -180,6 +180,49 @@ def translate_onehot_conv(labels, extra, weight, bias, stride, padding, padding_
                                plugin_namespace=PLUGIN_NAMESPACE, plugin_version=PLUGIN_VERSION)
 
 
+def translate_class_stack(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile, backend):
+    """torch.ops.semgan.class_stack -> semgan::ClassConv (layer 1, no activation) + per layer l >= 2:
+    LeakyRelu, [B,K,I,H,W] -> [B,K*I,H,W], Pad (reflect / constant, k_l // 2), Conv with group=K over
+    weights [K*O,I,k,k], -> [B,K,O,H,W]; Tanh last when final_activation="tanh".
+
+    Exact: class c's stack reads only its own layer-1 output x * M_c conv'd (dense, as the ClassConv
+    node gives it), so layers 2..L are independent per-class convolutions, i.e. one grouped conv.
+    (``tile`` and ``backend`` steer the PyTorch engine only.) Weight reshapes read the initializers'
+    shapes and are constant-folded by the exporter's optimiser."""
+    import onnxscript
+
+    op = onnxscript.opset18
+    weights, biases = list(weights), list(biases)
+    last = len(weights) - 1
+    h = translate_class_conv(x, labels, weights[0], biases[0], padding_mode,
+                             (final_activation if last == 0 else None), backend)
+    mode = "reflect" if padding_mode == "reflect" else "constant"
+    for layer in range(1, last + 1):
+        weight, bias = weights[layer], biases[layer]
+        h = op.LeakyRelu(h, alpha=float(negative_slope))
+        # h [B, K, I, H, W]; weight [K, O, I, k, k]
+        batch, classes, spatial = op.Shape(h, start=0, end=1), op.Shape(h, start=1, end=2), op.Shape(h, start=3)
+        flat = op.Reshape(h, op.Concat(batch, op.Constant(value_ints=[-1]), spatial, axis=0))
+        w_flat = op.Reshape(weight, op.Concat(op.Constant(value_ints=[-1]), op.Shape(weight, start=2), axis=0))
+        pad = op.Div(op.Shape(weight, start=3, end=4), op.Constant(value_ints=[2]))   # k // 2 (odd k)
+        zeros = op.Constant(value_ints=[0, 0])
+        pads = op.Concat(zeros, pad, pad, zeros, pad, pad, axis=0)           # [0,0,p,p] begins, [0,0,p,p] ends
+        padded = op.Pad(flat, pads, mode=mode)
+        out = op.Conv(padded, w_flat, op.Reshape(bias, op.Constant(value_ints=[-1])), group=_static_dim(weight, 0))
+        h = op.Reshape(out, op.Concat(batch, classes, op.Constant(value_ints=[-1]), spatial, axis=0))
+    if last > 0 and final_activation == "tanh":
+        h = op.Tanh(h)
+    return h
+
+
+def _static_dim(value, axis: int) -> int:
+    """A static dimension of a graph value (the exporter's ir.Value carries the traced shape)."""
+    dim = value.shape[axis]
+    if not isinstance(dim, int):
+        raise ValueError(f"class_stack export needs a static number of classes, got {dim!r}")
+    return dim
+
+
 def translation_table() -> dict:
     """custom_translation_table for torch.onnx.export (registers the schemas first)."""
     import torch
@@ -188,7 +231,8 @@ def translation_table() -> dict:
 
     register_schemas()
     return {torch.ops.semgan.class_conv.default: translate_class_conv,
-            torch.ops.semgan.onehot_conv.default: translate_onehot_conv}
+            torch.ops.semgan.onehot_conv.default: translate_onehot_conv,
+            torch.ops.semgan.class_stack.default: translate_class_stack}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,17 @@
 
 Without TensorRT (CI): the C++ plugin sources and the ONNX schemas must agree on plugin names,
 version, namespace and attribute (PluginField) names, since TensorRT's ONNX parser passes node
-attributes to the creator by name. The plugin library itself is not compiled here: no TensorRT
-headers are available on this machine (see csrc/trt/CMakeLists.txt).
+attributes to the creator by name; the plugin sources listed in csrc/trt/CMakeLists.txt are the ones
+in the directory.
+
+Where the TensorRT headers exist (``TensorRT_ROOT`` / ``TRT_ROOT`` pointing at a TensorRT install or a
+copy of NVIDIA/TensorRT's include/, or a system NvInfer.h) and nvcc / g++ are present: the plugin
+library is compiled with plain nvcc (plugin sources + the torch-free kernels, sm_90, hidden
+visibility), must export getCreators / setLoggerFinder and not depend on TensorRT's libraries, and
+csrc/trt/plugin_check.cpp (compiled with g++) dlopens it and checks creators, createPlugin from
+PluginFields, getFieldsToSerialize round trips, format / type / shape checks and error logging. No
+GPU needed. Skipped with the reason otherwise (TensorRT headers cannot be installed on the CI
+machines and are not vendored in this repository).
 
 With TensorRT and a GPU: build an fp16 engine from the deploy graph with the plugin library
 (SEMGAN_TRT_PLUGIN or a CMake build tree), run it through ``TRTGenerator`` (CUDA graphs) and compare
@@ -11,7 +20,11 @@ with the PyTorch inference generator; skipped otherwise, with the reason.
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +32,8 @@ import torch
 
 from semgan_fast.export import onnx_ops
 
-CSRC = Path(__file__).resolve().parents[1] / "csrc" / "trt"
+ROOT = Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc" / "trt"
 
 
 def _schema_attributes(name: str) -> set[str]:
@@ -47,6 +61,96 @@ def test_plugin_namespace_and_version_match_exporter():
     registration = (CSRC / "plugin_registration.cpp").read_text()
     assert "getCreators(int32_t& nbCreators)" in registration and "setLoggerFinder" in registration
     assert "nbCreators = 2" in registration
+
+
+def _cmake_sources(cmake_file: Path, pattern: str) -> list[str]:
+    """Source file names listed in a CMake command matched by ``pattern`` (up to its closing parenthesis)."""
+    match = re.search(pattern + r"([^)]*)\)", cmake_file.read_text())
+    assert match, f"{pattern} not found in {cmake_file}"
+    return [tok for tok in match.group(1).split() if tok.endswith((".cpp", ".cu"))]
+
+
+def _plugin_sources() -> list[Path]:
+    return [CSRC / name for name in _cmake_sources(CSRC / "CMakeLists.txt", r"add_library\(semgan_trt_plugins SHARED")]
+
+
+def _kernel_sources() -> list[Path]:
+    return [ROOT / name for name in _cmake_sources(ROOT / "CMakeLists.txt", r"set\(SEMGAN_KERNEL_SOURCES")]
+
+
+def test_cmake_lists_every_plugin_source():
+    """The library target builds every plugin source; plugin_check.cpp is the loader check, not library code."""
+    listed = {p.name for p in _plugin_sources()}
+    present = {p.name for p in CSRC.glob("*.cpp")} - {"plugin_check.cpp"}
+    assert listed == present
+    assert all(p.is_file() for p in _kernel_sources()) and len(_kernel_sources()) >= 2
+
+
+def _tensorrt_include() -> Path | None:
+    """Directory holding NvInferRuntime.h: $TensorRT_ROOT / $TRT_ROOT (include/, include/<triplet>/ or the
+    directory itself), else a system install."""
+    candidates = []
+    for var in ("TensorRT_ROOT", "TRT_ROOT"):
+        root = os.environ.get(var)
+        if root:
+            candidates += [Path(root) / "include", Path(root) / "include" / "x86_64-linux-gnu", Path(root)]
+    candidates += [Path("/usr/include/x86_64-linux-gnu"), Path("/usr/include"), Path("/usr/local/include")]
+    for inc in candidates:
+        if (inc / "NvInferRuntime.h").is_file() and (inc / "NvInfer.h").is_file():
+            return inc
+    return None
+
+
+def _cuda_home() -> Path | None:
+    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if cand and (Path(cand) / "bin" / "nvcc").is_file() and (Path(cand) / "include" / "cuda_runtime_api.h").is_file():
+            return Path(cand)
+    return None
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(map(str, cmd))}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.mark.slow
+def test_plugin_library_builds_and_loads(tmp_path):
+    """nvcc builds libsemgan_trt_plugins.so against the TensorRT headers; the loader check passes."""
+    trt_include = _tensorrt_include()
+    if trt_include is None:
+        pytest.skip("TensorRT headers not found: set TensorRT_ROOT or TRT_ROOT to a TensorRT install (or a copy of "
+                    "NVIDIA/TensorRT's include/); there is no system NvInfer.h. TensorRT cannot be installed on the "
+                    "CI machines and its headers are not vendored here.")
+    cuda = _cuda_home()
+    gxx = shutil.which("g++")
+    if cuda is None or gxx is None:
+        pytest.skip(f"needs nvcc and the CUDA headers (CUDA_HOME; found {cuda}) and g++ (found {gxx})")
+    nvcc = str(cuda / "bin" / "nvcc")
+    includes = [f"-I{trt_include}", f"-I{ROOT / 'csrc'}", f"-I{CSRC}"]
+    flags = ["-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+             "-gencode", "arch=compute_90,code=sm_90"]
+    sources = _plugin_sources() + _kernel_sources()
+    objects = [tmp_path / f"{src.stem}.o" for src in sources]
+    # One process per translation unit (the kernel units take most of the time).
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        list(pool.map(lambda pair: _run([nvcc, *flags, *includes, "-c", str(pair[0]), "-o", str(pair[1])], ROOT),
+                      zip(sources, objects)))
+    library = tmp_path / "libsemgan_trt_plugins.so"
+    _run([nvcc, "-shared", "-gencode", "arch=compute_90,code=sm_90", *map(str, objects), "-o", str(library)], ROOT)
+    if shutil.which("nm"):
+        exported = _run(["nm", "-D", "--defined-only", str(library)], ROOT).stdout
+        assert re.search(r" T getCreators$", exported, re.M) and re.search(r" T setLoggerFinder$", exported, re.M)
+        assert "ClassConvPlugin" not in exported                       # plugin classes stay hidden
+    if shutil.which("readelf"):
+        needed = _run(["readelf", "-d", str(library)], ROOT).stdout
+        assert "libnvinfer" not in needed                                # V3 plugins need TensorRT's headers only
+    checker = tmp_path / "plugin_check"
+    _run([gxx, "-std=c++17", "-O1", f"-I{trt_include}", f"-I{cuda / 'include'}", str(CSRC / "plugin_check.cpp"),
+          "-o", str(checker), "-ldl"], ROOT)
+    result = subprocess.run([str(checker), str(library)], capture_output=True, text=True)
+    assert result.returncode == 0 and "all checks passed" in result.stdout, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
 
 
 def _require_tensorrt():

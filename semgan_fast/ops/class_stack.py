@@ -28,7 +28,7 @@ Multiply-adds are proportional to the number of present (tile, class) pairs, not
 writing the [B, K, O, H, W] output depends on K. The backward recomputes the forward (only x,
 labels and the weights are saved) and runs the layers in reverse: per-item conv backward
 (input, weight and bias gradients; weight gradients reduced per class), transposed gathers
-(``index_add``), and the background response's own backward with the gradient of the pixels it
+(``index_add``: deterministic on CPU, atomic on CUDA), and the background response's own backward with the gradient of the pixels it
 fills. Accumulation is fp32 (fp64 for fp64 inputs); fp16/bf16 inputs are computed in fp32 and the
 output cast back.
 
