@@ -160,3 +160,58 @@ def write_json(path: str, op: str, device: torch.device, rows: list[dict], **ext
     with open(path, "w") as f:
         json.dump(payload, f, indent=1, default=str)
     print(f"wrote {path}")
+
+
+def block_labels(batch: int, height: int, width: int, num_classes: int, block: int, device) -> torch.Tensor:
+    """Random classes on ``block`` x ``block`` pixel blocks, int64 [B, H, W]: a tile sees a few classes, as in
+    real label maps (the benchmarks' label model)."""
+    coarse = torch.randint(0, num_classes, (batch, -(-height // block), -(-width // block)), device=device)
+    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width].contiguous()
+
+
+def add_ratios(rows: list[dict], group_keys=("shape", "B", "K", "dtype", "mode")) -> None:
+    """speedup_vs_naive / speedup_vs_compile / mem_ratio_vs_naive for every row of a group (rows sharing
+    ``group_keys``) that holds a "naive" (and "compile") provider."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in group_keys), {})[r["provider"]] = r
+    for group in groups.values():
+        for r in group.values():
+            for base in ("naive", "compile"):
+                ref = group.get(base)
+                if ref is not None and r["median_ms"] == r["median_ms"] and ref["median_ms"] == ref["median_ms"]:
+                    r[f"speedup_vs_{base}"] = ref["median_ms"] / r["median_ms"]
+            ref = group.get("naive")
+            if ref is not None and r.get("peak_extra_bytes") and ref.get("peak_extra_bytes"):
+                r["mem_ratio_vs_naive"] = r["peak_extra_bytes"] / ref["peak_extra_bytes"]
+
+
+def run_op_main(description: str, op: str, gpu_shapes: list, small_shapes: list, providers: Callable,
+                run_case: Callable, **extra) -> int:
+    """The common main of the per-op scripts: options (``parser`` + ``--dtypes`` / ``--shapes``), every
+    (dtype, shape) through ``run_case(shape, dtype, device, args, providers(device, no_compile))``, ratios,
+    a summary and the JSON record (``extra`` goes into it). Small shapes with ``--small`` or without CUDA."""
+    p = parser(description)
+    p.add_argument("--dtypes", default=None, help="comma list (default: float32 on CPU, float32,bfloat16 on GPU)")
+    p.add_argument("--shapes", default=None, help="comma list of shape names to run (default: all of the mode)")
+    args = p.parse_args()
+    device = pick_device(args)
+    shapes = small_shapes if args.small or device.type != "cuda" else gpu_shapes
+    if args.shapes:
+        keep = set(args.shapes.split(","))
+        shapes = [s for s in shapes if s[0] in keep]
+    dtypes = args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16")
+    provs = providers(device, args.no_compile)
+    print(f"providers: {list(provs)}", flush=True)
+    rows = []
+    for dtype in [getattr(torch, d) for d in dtypes.split(",")]:
+        for shape in shapes:
+            rows.extend(run_case(shape, dtype, device, args, provs))
+    add_ratios(rows)
+    for r in rows:
+        if "speedup_vs_naive" in r and r["provider"] != "naive":
+            vs_compile = "" if "speedup_vs_compile" not in r else f", {r['speedup_vs_compile']:.2f}x vs compile"
+            print(f"{r['shape']} B={r['B']} K={r['K']} {r['dtype']} {r['mode']} {r['provider']}: "
+                  f"{r['speedup_vs_naive']:.2f}x vs naive{vs_compile}")
+    write_json(getattr(args, "out"), op, device, rows, **extra)
+    return 0 if all(not math.isnan(r["median_ms"]) or "error" in r for r in rows) else 1

@@ -23,7 +23,6 @@ Usage:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -66,11 +65,6 @@ def grouped_conv(x, labels, weight, bias, padding_mode=PADDING, activation=ACTIV
     return torch.tanh(out) if activation == "tanh" else out
 
 
-def block_labels(batch, height, width, num_classes, block, device):
-    low = torch.randint(0, num_classes, (batch, -(-height // block), -(-width // block)), device=device)
-    return low.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width].contiguous()
-
-
 def providers(device: torch.device, no_compile: bool) -> dict:
     naive = lambda x, l, w, b: class_conv_reference(x, l, w, b, PADDING, ACTIVATION)  # noqa: E731
     out = {"naive": naive, "grouped": grouped_conv}
@@ -101,7 +95,7 @@ def run_case(shape, dtype, device, args, provs):
     name, batch, channels, out_ch, num_classes, height, width, kernel = shape
     torch.manual_seed(0)
     x = torch.randn(batch, channels, height, width, device=device, dtype=dtype)
-    labels = block_labels(batch, height, width, num_classes, 16, device)
+    labels = _harness.block_labels(batch, height, width, num_classes, 16, device)
     w = (torch.randn(num_classes, out_ch, channels, kernel, kernel, device=device) / (channels * kernel)).to(dtype)
     b = (0.1 * torch.randn(num_classes, out_ch, device=device)).to(dtype)
     grad_out = torch.randn(batch, num_classes, out_ch, height, width, device=device, dtype=dtype)
@@ -130,49 +124,11 @@ def run_case(shape, dtype, device, args, provs):
     return rows
 
 
-def add_ratios(rows):
-    """speedup_vs_naive / speedup_vs_compile / mem_ratio_vs_naive per (shape, B, K, dtype, mode)."""
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["shape"], r["B"], r["K"], r["dtype"], r["mode"]), {})[r["provider"]] = r
-    for group in groups.values():
-        for r in group.values():
-            for base in ("naive", "compile"):
-                ref = group.get(base)
-                if ref is not None and r["median_ms"] == r["median_ms"] and ref["median_ms"] == ref["median_ms"]:
-                    r[f"speedup_vs_{base}"] = ref["median_ms"] / r["median_ms"]
-            ref = group.get("naive")
-            if ref is not None and r.get("peak_extra_bytes") and ref.get("peak_extra_bytes"):
-                r["mem_ratio_vs_naive"] = r["peak_extra_bytes"] / ref["peak_extra_bytes"]
-
-
 def main():
-    p = _harness.parser(__doc__.split("\n")[0])
-    p.add_argument("--dtypes", default=None, help="comma list (default: float32 on CPU, float32,bfloat16 on GPU)")
-    p.add_argument("--shapes", default=None, help="comma list of shape names to run (default: all of the mode)")
-    args = p.parse_args()
-    device = _harness.pick_device(args)
-    shapes = SMALL_SHAPES if args.small else GPU_SHAPES
-    if args.shapes:
-        keep = set(args.shapes.split(","))
-        shapes = [s for s in shapes if s[0] in keep]
-    dtypes = args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16")
-    provs = providers(device, args.no_compile)
-    print(f"providers: {list(provs)}", flush=True)
-    rows = []
-    for dtype in [getattr(torch, d) for d in dtypes.split(",")]:
-        for shape in shapes:
-            rows.extend(run_case(shape, dtype, device, args, provs))
-    add_ratios(rows)
-    for r in rows:
-        if "speedup_vs_naive" in r and r["provider"] not in ("naive",):
-            extra = "" if "speedup_vs_compile" not in r else f", {r['speedup_vs_compile']:.2f}x vs compile"
-            print(f"{r['shape']} B={r['B']} K={r['K']} {r['dtype']} {r['mode']} {r['provider']}: "
-                  f"{r['speedup_vs_naive']:.2f}x vs naive{extra}")
-    _harness.write_json(args.out, "class_conv", device, rows, padding_mode=PADDING, activation=ACTIVATION,
-                        labels="random classes on 16x16-pixel blocks", flops_per_pixel_fwd="2*k*k*C*O",
-                        note="fwd+bwd FLOPs = 3x forward; bytes = minimum traffic (see module docstring)")
-    return 0 if all(not math.isnan(r["median_ms"]) or "error" in r for r in rows) else 1
+    return _harness.run_op_main(__doc__.split("\n")[0], "class_conv", GPU_SHAPES, SMALL_SHAPES, providers, run_case,
+                                padding_mode=PADDING, activation=ACTIVATION,
+                                labels="random classes on 16x16-pixel blocks", flops_per_pixel_fwd="2*k*k*C*O",
+                                note="fwd+bwd FLOPs = 3x forward; bytes = minimum traffic (see module docstring)")
 
 
 if __name__ == "__main__":

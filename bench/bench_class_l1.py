@@ -25,11 +25,6 @@ from semgan_fast.ops.class_l1 import CLASS_L1_BACKENDS, class_l1, class_l1_refer
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def block_labels(batch, height, width, num_classes, block, device):
-    coarse = torch.randint(0, num_classes, (batch, -(-height // block), -(-width // block)), device=device)
-    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width].contiguous()
-
-
 def main():
     p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--classes", type=int, default=35)
@@ -51,7 +46,7 @@ def main():
         for batch, (height, width) in shapes:
             out = torch.tanh(torch.randn(batch, k_cls, channels, height, width, device=device)).to(dtype)
             image = torch.tanh(torch.randn(batch, channels, height, width, device=device)).to(dtype)
-            labels = block_labels(batch, height, width, k_cls, 16, device)
+            labels = H.block_labels(batch, height, width, k_cls, 16, device)
             elt = out.element_size()
             bytes_fwd = (out.numel() + image.numel()) * elt + labels.numel() * labels.element_size()
             bytes_bwd = (out.numel() + image.numel()) * elt

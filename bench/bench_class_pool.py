@@ -23,11 +23,6 @@ from semgan_fast.ops.class_pool import CLASS_POOL_BACKENDS, class_pool, class_po
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def block_labels(batch, height, width, num_classes, block, device):
-    coarse = torch.randint(0, num_classes, (batch, -(-height // block), -(-width // block)), device=device)
-    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width].contiguous()
-
-
 def main():
     p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--classes", type=int, default=35)
@@ -49,7 +44,7 @@ def main():
         dtype = DTYPES[dt_name]
         for batch, (height, width) in shapes:
             x = torch.randn(batch, channels, height, width, device=device).to(dtype)
-            labels = block_labels(batch, height, width, k_cls, 16, device)
+            labels = H.block_labels(batch, height, width, k_cls, 16, device)
             grad = torch.randn(batch, k_cls, channels, device=device).to(dtype)
             bytes_fwd = x.numel() * x.element_size() + labels.numel() * labels.element_size()
             bytes_bwd = x.numel() * x.element_size() + labels.numel() * labels.element_size()

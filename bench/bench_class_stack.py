@@ -23,7 +23,6 @@ Usage:
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -32,7 +31,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _harness  # noqa: E402
-from bench_class_conv import add_ratios, block_labels  # noqa: E402
 
 from semgan_fast.ops.class_stack import (CLASS_STACK_BACKENDS, DEFAULT_TILE, class_stack,  # noqa: E402
                                          class_stack_reference, class_stack_work)
@@ -80,7 +78,7 @@ def run_case(shape, dtype, device, args, provs):
     name, batch, channels, num_classes, height, width = shape
     torch.manual_seed(0)
     x = torch.randn(batch, channels, height, width, device=device, dtype=dtype)
-    labels = block_labels(batch, height, width, num_classes, 16, device)
+    labels = _harness.block_labels(batch, height, width, num_classes, 16, device)
     weights, biases, in_ch = [], [], channels
     for out_ch in WIDTHS:
         weights.append((torch.randn(num_classes, out_ch, in_ch, KERNEL, KERNEL, device=device)
@@ -124,33 +122,11 @@ def run_case(shape, dtype, device, args, provs):
 
 
 def main():
-    p = _harness.parser(__doc__.split("\n")[0])
-    p.add_argument("--dtypes", default=None, help="comma list (default: float32 on CPU, float32,bfloat16 on GPU)")
-    p.add_argument("--shapes", default=None, help="comma list of shape names to run (default: all of the mode)")
-    args = p.parse_args()
-    device = _harness.pick_device(args)
-    shapes = SMALL_SHAPES if args.small or device.type != "cuda" else GPU_SHAPES
-    if args.shapes:
-        keep = set(args.shapes.split(","))
-        shapes = [s for s in shapes if s[0] in keep]
-    dtypes = args.dtypes or ("float32" if device.type == "cpu" else "float32,bfloat16")
-    provs = providers(device, args.no_compile)
-    print(f"providers: {list(provs)}", flush=True)
-    rows = []
-    for dtype in [getattr(torch, d) for d in dtypes.split(",")]:
-        for shape in shapes:
-            rows.extend(run_case(shape, dtype, device, args, provs))
-    add_ratios(rows)
-    for r in rows:
-        if "speedup_vs_naive" in r and r["provider"] != "naive":
-            extra = "" if "speedup_vs_compile" not in r else f", {r['speedup_vs_compile']:.2f}x vs compile"
-            print(f"{r['shape']} B={r['B']} K={r['K']} {r['dtype']} {r['mode']} {r['provider']}: "
-                  f"{r['speedup_vs_naive']:.2f}x vs naive{extra}")
-    _harness.write_json(args.out, "class_stack", device, rows, widths=list(WIDTHS), kernel=KERNEL, tile=DEFAULT_TILE,
-                        padding_mode="reflect", activations="leaky_relu(0.2) between, tanh last",
-                        labels="random classes on 16x16-pixel blocks",
-                        note="FLOPs = multiply-adds each provider executes x2; fwd+bwd = 3x forward")
-    return 0 if all(not math.isnan(r["median_ms"]) or "error" in r for r in rows) else 1
+    return _harness.run_op_main(__doc__.split("\n")[0], "class_stack", GPU_SHAPES, SMALL_SHAPES, providers, run_case,
+                                widths=list(WIDTHS), kernel=KERNEL, tile=DEFAULT_TILE, padding_mode="reflect",
+                                activations="leaky_relu(0.2) between, tanh last",
+                                labels="random classes on 16x16-pixel blocks",
+                                note="FLOPs = multiply-adds each provider executes x2; fwd+bwd = 3x forward")
 
 
 if __name__ == "__main__":

@@ -29,11 +29,6 @@ DATASETS = {"cityscapes": (35, 1), "ade20k": (151, 0)}  # name: (K classes, E ex
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def block_labels(batch, height, width, num_classes, block, device):
-    coarse = torch.randint(0, num_classes, (batch, -(-height // block), -(-width // block)), device=device)
-    return coarse.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :height, :width].contiguous()
-
-
 def main():
     p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=1)
@@ -54,7 +49,7 @@ def main():
         for dt_name in dtypes:
             dtype = DTYPES[dt_name]
             for height, width in resolutions:
-                labels = block_labels(args.batch, height, width, num_classes, 8, device)
+                labels = H.block_labels(args.batch, height, width, num_classes, 8, device)
                 extra = (torch.rand(args.batch, n_extra, height, width, device=device) > 0.9).to(dtype) \
                     if n_extra else None
                 weight = (torch.randn(out_ch, num_classes + n_extra, ksize, ksize, device=device) * 0.05).to(dtype)

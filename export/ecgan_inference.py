@@ -28,18 +28,15 @@ multiples of ``size_multiple`` = 2**n_up. The output is I'' in [-1, 1] with G_s,
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from semgan_fast.config import ECGANConfig
 from semgan_fast.models.ecgan import ECGANGenerator
-from semgan_fast.models.spade import UPSAMPLING_LAYERS
 
 from .inference import (InferenceGenerator, InferenceOneHotConv, InferenceSPADEBlock, OpsSettings, _at_stride,
-                        fold_spectral_norm, run_spade_blocks, spade_block_names)
+                        run_spade_blocks, spade_block_names)
 
 
 def _class_branch_backend(backend: str) -> str:
@@ -62,18 +59,10 @@ class ECGANInference(InferenceGenerator):
 
     def __init__(self, generator: ECGANGenerator, dtype: torch.dtype = torch.float32, ops_backend: str = "auto"):
         super().__init__()
-        if not isinstance(generator, ECGANGenerator):
-            raise ValueError(f"generator must be an ECGANGenerator, got {type(generator).__name__}")
-        cfg: ECGANConfig = generator.cfg
+        gen = self._adopt(generator, ECGANGenerator, ops_backend)
+        cfg: ECGANConfig = self.cfg
         if cfg.multimodal:
             raise ValueError("multi-modal ECGAN needs a style code z at inference; not supported by the export")
-        self.cfg = cfg
-        self.ops = OpsSettings(ops_backend)
-        gen = fold_spectral_norm(copy.deepcopy(generator).float().eval())
-        self.n_up = UPSAMPLING_LAYERS[cfg.num_upsampling_layers]
-        self.size_multiple = 2 ** self.n_up
-        self.num_classes = cfg.num_classes
-        self.use_edge = cfg.use_instance_edge
         # E: GauGAN's fc on the latent-size labels, then the SPADE residual trunk
         self.fc = _one_hot_conv(gen.trunk.fc, self.ops)
         trunk = gen.trunk.blocks

@@ -351,6 +351,19 @@ class InferenceGenerator(nn.Module):
     class-op backend. Subclasses set ``model_type`` (as ``ExperimentConfig.model_type``), ``cfg``, ``ops``,
     ``size_multiple``, ``num_classes`` and ``use_edge``."""
 
+    def _adopt(self, generator: nn.Module, expected: type, ops_backend: str) -> nn.Module:
+        """Checks the generator type, sets ``cfg``, ``ops``, ``n_up``, ``size_multiple``, ``num_classes`` and
+        ``use_edge``; returns an fp32 eval-mode copy with spectral norm folded into the weights."""
+        if not isinstance(generator, expected):
+            raise ValueError(f"generator must be an {expected.__name__}, got {type(generator).__name__}")
+        self.cfg = generator.cfg
+        self.ops = OpsSettings(ops_backend)
+        self.n_up = UPSAMPLING_LAYERS[self.cfg.num_upsampling_layers]
+        self.size_multiple = 2 ** self.n_up
+        self.num_classes = self.cfg.num_classes
+        self.use_edge = self.cfg.use_instance_edge
+        return fold_spectral_norm(copy.deepcopy(generator).float().eval())
+
     def set_ops_backend(self, backend: str) -> "InferenceGenerator":
         self.ops.backend = _check_backend(backend)
         return self
@@ -395,16 +408,8 @@ class LGGANInference(InferenceGenerator):
 
     def __init__(self, generator: LGGANGenerator, dtype: torch.dtype = torch.float32, ops_backend: str = "auto"):
         super().__init__()
-        if not isinstance(generator, LGGANGenerator):
-            raise ValueError(f"generator must be an LGGANGenerator, got {type(generator).__name__}")
-        cfg: LGGANConfig = generator.cfg
-        self.cfg = cfg
-        self.ops = OpsSettings(ops_backend)
-        gen = fold_spectral_norm(copy.deepcopy(generator).float().eval())
-        self.n_up = UPSAMPLING_LAYERS[cfg.num_upsampling_layers]
-        self.size_multiple = 2 ** self.n_up
-        self.num_classes = cfg.num_classes
-        self.use_edge = cfg.use_instance_edge
+        gen = self._adopt(generator, LGGANGenerator, ops_backend)
+        cfg: LGGANConfig = self.cfg
         # Encoder
         enc = gen.encoder
         conv1 = enc.conv1
