@@ -15,9 +15,10 @@ class. Items are sorted by class, so ``class_offsets[c]:class_offsets[c+1]`` are
   tap-0, first-I-block programs.
 
 Accumulation is fp32 (fp64 for fp64 inputs, so fp64 gradcheck works in the interpreter); fp32 dots
-use ``input_precision="ieee"`` (no TF32). The engine hands these kernels fp32/fp64 tensors (fp16 and
-bf16 inputs are computed in fp32). Inputs may be any strided layout (the engine's gathers give
-channels-last windows); outputs and gradients are contiguous. Item offsets are int64.
+use ``input_precision="ieee"`` (no TF32); fp16/bf16 windows and weights are dotted in their own dtype
+(``DOT``, tensor cores) with fp32 accumulation, and the output gradient is cast to it. Weight and bias
+gradients are always stored in the accumulation dtype. Inputs may be any strided layout (the engine's
+gathers give channels-last windows); outputs and gradients are contiguous. Item offsets are int64.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import triton.language as tl
 def _item_conv_fwd_kernel(inp_ptr, w_ptr, b_ptr, cls_ptr, out_ptr, I, O, Ho, Wo,
                           s_ip, s_ic, s_ih, s_iw,
                           KS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                          ACC: tl.constexpr):
+                          ACC: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KS * KS
     item = tl.program_id(0).to(tl.int64)
     pix = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -48,18 +49,19 @@ def _item_conv_fwd_kernel(inp_ptr, w_ptr, b_ptr, cls_ptr, out_ptr, I, O, Ho, Wo,
         cm = offs_c < I
         for d in tl.static_range(KK):
             a = tl.load(inp_ptr + base + offs_c[None, :] * s_ic + (oy + d // KS)[:, None] * s_ih
-                        + (ox + d % KS)[:, None] * s_iw, mask=pm[:, None] & cm[None, :], other=0.0).to(ACC)
+                        + (ox + d % KS)[:, None] * s_iw, mask=pm[:, None] & cm[None, :], other=0.0).to(DOT)
             w = tl.load(w_ptr + wbase + (offs_o[None, :] * I + offs_c[:, None]) * KK + d,
-                        mask=cm[:, None] & om[None, :], other=0.0).to(ACC)
+                        mask=cm[:, None] & om[None, :], other=0.0).to(DOT)
             acc = tl.dot(a, w, acc, input_precision="ieee", out_dtype=ACC)
     acc += tl.load(b_ptr + c * O + offs_o, mask=om, other=0.0).to(ACC)[None, :]
-    tl.store(out_ptr + (item * O + offs_o[None, :]) * (Ho * Wo) + pix[:, None], acc, mask=pm[:, None] & om[None, :])
+    tl.store(out_ptr + (item * O + offs_o[None, :]) * (Ho * Wo) + pix[:, None], acc.to(out_ptr.dtype.element_ty),
+             mask=pm[:, None] & om[None, :])
 
 
 @triton.jit
 def _item_conv_dinp_kernel(g_ptr, w_ptr, cls_ptr, dinp_ptr, I, O, Hi, Wi, Ho, Wo,
                            KS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                           ACC: tl.constexpr):
+                           ACC: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KS * KS
     item = tl.program_id(0).to(tl.int64)
     pix = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -79,18 +81,19 @@ def _item_conv_dinp_kernel(g_ptr, w_ptr, cls_ptr, dinp_ptr, I, O, Hi, Wi, Ho, Wo
             gx = ix - d % KS
             valid = pm & (gy >= 0) & (gy < Ho) & (gx >= 0) & (gx < Wo)
             g = tl.load(g_ptr + (item * O + offs_o[None, :]) * (Ho * Wo) + (gy * Wo + gx)[:, None],
-                        mask=valid[:, None] & om[None, :], other=0.0).to(ACC)
+                        mask=valid[:, None] & om[None, :], other=0.0).to(DOT)
             wt = tl.load(w_ptr + wbase + (offs_o[:, None] * I + offs_c[None, :]) * KK + d,
-                         mask=om[:, None] & cm[None, :], other=0.0).to(ACC)
+                         mask=om[:, None] & cm[None, :], other=0.0).to(DOT)
             acc = tl.dot(g, wt, acc, input_precision="ieee", out_dtype=ACC)
-    tl.store(dinp_ptr + (item * I + offs_c[None, :]) * (Hi * Wi) + pix[:, None], acc, mask=pm[:, None] & cm[None, :])
+    tl.store(dinp_ptr + (item * I + offs_c[None, :]) * (Hi * Wi) + pix[:, None], acc.to(dinp_ptr.dtype.element_ty),
+             mask=pm[:, None] & cm[None, :])
 
 
 @triton.jit
 def _item_conv_dw_kernel(g_ptr, inp_ptr, off_ptr, present_ptr, dw_ptr, db_ptr, K, I, O, Ho, Wo,
                          s_ip, s_ic, s_ih, s_iw, SPLIT, n_ob, n_cb,
                          KS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-                         ACC: tl.constexpr):
+                         ACC: tl.constexpr, DOT: tl.constexpr):
     KK: tl.constexpr = KS * KS
     c = tl.load(present_ptr + tl.program_id(0))
     d = tl.program_id(1)
@@ -114,12 +117,12 @@ def _item_conv_dw_kernel(g_ptr, inp_ptr, off_ptr, present_ptr, dw_ptr, db_ptr, K
             pix = p0 + tl.arange(0, BLOCK_P)
             pm = pix < Ho * Wo
             g = tl.load(g_ptr + (item * O + offs_o[:, None]) * (Ho * Wo) + pix[None, :],
-                        mask=om[:, None] & pm[None, :], other=0.0).to(ACC)
+                        mask=om[:, None] & pm[None, :], other=0.0)
             a = tl.load(inp_ptr + item * s_ip + offs_c[None, :] * s_ic + (pix // Wo + dy)[:, None] * s_ih
-                        + (pix % Wo + dx)[:, None] * s_iw, mask=pm[:, None] & cm[None, :], other=0.0).to(ACC)
-            acc = tl.dot(g, a, acc, input_precision="ieee", out_dtype=ACC)
+                        + (pix % Wo + dx)[:, None] * s_iw, mask=pm[:, None] & cm[None, :], other=0.0).to(DOT)
+            acc = tl.dot(g.to(DOT), a, acc, input_precision="ieee", out_dtype=ACC)
             if with_bias:
-                accb += tl.sum(g, axis=1)
+                accb += tl.sum(g.to(ACC), axis=1)
     part = split.to(tl.int64) * K + c
     tl.store(dw_ptr + ((part * O + offs_o[:, None]) * I + offs_c[None, :]) * KK + d, acc,
              mask=om[:, None] & cm[None, :])
@@ -140,6 +143,9 @@ class _Blocks:
         interp = inp.device.type != "cuda"
         wide = inp.dtype == torch.float64
         self.acc = tl.float64 if wide else tl.float32
+        self.acc_torch = torch.float64 if wide else torch.float32
+        # fp16/bf16 inputs: dots in that dtype (tensor cores), fp32 accumulation; fp32/fp64: exact (ieee)
+        self.dot = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}.get(inp.dtype, self.acc)
         self.block_o = max(16, min(_np2(out_ch), 64))
         self.block_c = max(16, min(_np2(in_ch), 128 if interp else (16 if wide else 32)))
         self.block_p = max(16, min(_np2(pixels), 1024)) if interp else (32 if wide else 64)
@@ -157,12 +163,13 @@ def item_conv_forward_triton(inp: torch.Tensor, weight: torch.Tensor, bias: torc
     grid = (items, triton.cdiv(ho * wo, blk.block_p), triton.cdiv(out_ch, blk.block_o))
     _item_conv_fwd_kernel[grid](inp, weight.contiguous(), bias.contiguous(), plan.item_class, out, in_ch, out_ch, ho, wo,
                                 *inp.stride(), KS=ks, BLOCK_P=blk.block_p, BLOCK_C=blk.block_c, BLOCK_O=blk.block_o,
-                                ACC=blk.acc)
+                                ACC=blk.acc, DOT=blk.dot)
     return out
 
 
 def item_conv_backward_triton(grad: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, plan, need_input: bool):
-    """grad [P, O, Ho, Wo] -> (d_inp [P, I, Hi, Wi] or None, dweight [K, O, I, k, k], dbias [K, O])."""
+    """grad [P, O, Ho, Wo] (any float dtype) -> (d_inp [P, I, Hi, Wi] in inp's dtype or None, dweight [K, O, I, k, k],
+    dbias [K, O] in the accumulation dtype)."""
     grad = grad.contiguous()
     weight = weight.contiguous()
     items, in_ch, hi, wi = inp.shape
@@ -176,18 +183,18 @@ def item_conv_backward_triton(grad: torch.Tensor, inp: torch.Tensor, weight: tor
             grid = (items, triton.cdiv(hi * wi, blk.block_p), triton.cdiv(in_ch, blk.block_c))
             _item_conv_dinp_kernel[grid](grad, weight, plan.item_class, d_inp, in_ch, out_ch, hi, wi, ho, wo,
                                          KS=ks, BLOCK_P=blk.block_p, BLOCK_C=blk.block_c, BLOCK_O=blk.block_o,
-                                         ACC=blk.acc)
+                                         ACC=blk.acc, DOT=blk.dot)
     blk = _Blocks(inp, weight, ho * wo)
     most = max((end - start for _, start, end in plan.segments), default=0)
     # Splits give long classes (e.g. road) parallelism; one under the interpreter (per-program cost).
     split = 1 if inp.device.type != "cuda" else max(1, min(16, most // 4))
     n_ob, n_cb = triton.cdiv(out_ch, blk.block_o), triton.cdiv(in_ch, blk.block_c)
-    dw_part = inp.new_zeros(split, num_classes, out_ch, in_ch, ks * ks)
-    db_part = inp.new_zeros(split, num_classes, out_ch)
+    dw_part = inp.new_zeros(split, num_classes, out_ch, in_ch, ks * ks, dtype=blk.acc_torch)
+    db_part = inp.new_zeros(split, num_classes, out_ch, dtype=blk.acc_torch)
     if items:
         present = torch.tensor([c for c, _, _ in plan.segments], dtype=torch.int64, device=inp.device)
         grid = (present.numel(), ks * ks, split * n_ob * n_cb)
         _item_conv_dw_kernel[grid](grad, inp, plan.class_offsets, present, dw_part, db_part, num_classes, in_ch, out_ch, ho, wo,
                                    *inp.stride(), split, n_ob, n_cb, KS=ks, BLOCK_P=blk.block_p, BLOCK_C=blk.block_c,
-                                   BLOCK_O=blk.block_o, ACC=blk.acc)
+                                   BLOCK_O=blk.block_o, ACC=blk.acc, DOT=blk.dot)
     return d_inp, dw_part.sum(0).view(weight.shape), db_part.sum(0)

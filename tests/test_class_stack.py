@@ -203,7 +203,7 @@ def _assert_2x(fast, low_ref, ref64, atol, what):
 
 
 @pytest.mark.parametrize("backend,dtype", [("cpu", torch.float32), ("cpu", torch.float16), ("cpu", torch.bfloat16),
-                                           ("triton", torch.float32)])
+                                           ("triton", torch.float32), ("triton", torch.float16)])
 def test_low_precision_2x_rule(backend, dtype):
     if backend == "triton":
         pytest.importorskip("triton")
@@ -370,14 +370,14 @@ _AOT_SCRIPT = r"""
 import triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from semgan_fast.kernels import class_stack as ks
-common = dict(KS=3, BLOCK_P=64, BLOCK_C=32, BLOCK_O=16, ACC=tl.float32)
+common = dict(KS=3, BLOCK_P=64, BLOCK_C=32, BLOCK_O=16, ACC=tl.float32, DOT=tl.bfloat16)
 kernels = {
-    "fwd": (ks._item_conv_fwd_kernel, {"inp_ptr": "*fp32", "w_ptr": "*fp32", "b_ptr": "*fp32", "cls_ptr": "*i64",
-            "out_ptr": "*fp32", "I": "i32", "O": "i32", "Ho": "i32", "Wo": "i32", "s_ip": "i64", "s_ic": "i64",
+    "fwd": (ks._item_conv_fwd_kernel, {"inp_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "cls_ptr": "*i64",
+            "out_ptr": "*bf16", "I": "i32", "O": "i32", "Ho": "i32", "Wo": "i32", "s_ip": "i64", "s_ic": "i64",
             "s_ih": "i64", "s_iw": "i64"}),
-    "dinp": (ks._item_conv_dinp_kernel, {"g_ptr": "*fp32", "w_ptr": "*fp32", "cls_ptr": "*i64", "dinp_ptr": "*fp32",
+    "dinp": (ks._item_conv_dinp_kernel, {"g_ptr": "*fp32", "w_ptr": "*bf16", "cls_ptr": "*i64", "dinp_ptr": "*bf16",
              "I": "i32", "O": "i32", "Hi": "i32", "Wi": "i32", "Ho": "i32", "Wo": "i32"}),
-    "dw": (ks._item_conv_dw_kernel, {"g_ptr": "*fp32", "inp_ptr": "*fp32", "off_ptr": "*i64", "present_ptr": "*i64",
+    "dw": (ks._item_conv_dw_kernel, {"g_ptr": "*fp32", "inp_ptr": "*bf16", "off_ptr": "*i64", "present_ptr": "*i64",
            "dw_ptr": "*fp32", "db_ptr": "*fp32", "K": "i32", "I": "i32", "O": "i32", "Ho": "i32", "Wo": "i32",
            "s_ip": "i64", "s_ic": "i64", "s_ih": "i64", "s_iw": "i64", "SPLIT": "i32", "n_ob": "i32", "n_cb": "i32"}),
 }

@@ -29,8 +29,10 @@ writing the [B, K, O, H, W] output depends on K. The backward recomputes the for
 labels and the weights are saved) and runs the layers in reverse: per-item conv backward
 (input, weight and bias gradients; weight gradients reduced per class), transposed gathers
 (``index_add``: deterministic on CPU, atomic on CUDA), and the background response's own backward with the gradient of the pixels it
-fills. Accumulation is fp32 (fp64 for fp64 inputs); fp16/bf16 inputs are computed in fp32 and the
-output cast back.
+fills. Accumulation is fp32 (fp64 for fp64 inputs). fp16/bf16: the Triton backend keeps the items'
+windows, weights and activations in the input dtype (tensor-core dots, fp32 accumulation) and does every
+reduction (overlapping-window gradient sums, weight gradients, the background and its gradient) in
+fp32; the CPU backend computes in fp32 throughout.
 
 Backends (``CLASS_STACK_BACKENDS``; ``auto``: triton on CUDA tensors, cpu on CPU tensors):
 
@@ -236,11 +238,15 @@ def _background_plan(num_classes: int, height: int, width: int, radii: Sequence[
 class ItemConv:
     """A backend's per-item conv (valid, class-selected weights; items sorted by class).
 
-    forward(inp [P, I, Hi, Wi], weight [K, O, I, k, k], bias [K, O], plan) -> [P, O, Hi-k+1, Wi-k+1]
-    backward(grad [P, O, Ho, Wo], inp, weight, plan, need_input) -> (d_inp or None, dweight, dbias)
+    forward(inp [P, I, Hi, Wi], weight [K, O, I, k, k], bias [K, O], plan) -> [P, O, Hi-k+1, Wi-k+1] (inp's dtype)
+    backward(grad [P, O, Ho, Wo] (any float dtype), inp, weight, plan, need_input)
+        -> (d_inp in inp's dtype or None, dweight, dbias in the accumulation dtype)
+    ``native``: input dtypes the items are computed in as they are (fp16/bf16 windows and weights with fp32
+    accumulation); any other dtype is computed in its accumulation dtype (fp32, fp64).
     """
     forward: Callable
     backward: Callable
+    native: tuple = ()
 
 
 def _window_index(plan: _StackPlan, layer: int, src_rows: int, src_cols: int, lead: torch.Tensor) -> torch.Tensor:
@@ -267,9 +273,10 @@ def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return rows.index_select(0, index.reshape(-1)).view(p, lr, lc, -1).permute(0, 3, 1, 2)
 
 
-def _scatter(grad: torch.Tensor, index: torch.Tensor, num_rows: int) -> torch.Tensor:
-    """Transpose of ``_gather``: grad [P, C, Lr, Lc] summed into [num_rows, C]."""
-    src = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1])
+def _scatter(grad: torch.Tensor, index: torch.Tensor, num_rows: int, dtype: torch.dtype) -> torch.Tensor:
+    """Transpose of ``_gather``: grad [P, C, Lr, Lc] summed into [num_rows, C] of ``dtype`` (the accumulation
+    dtype: half-precision windows overlap, their sums are not rounded to half)."""
+    src = grad.permute(0, 2, 3, 1).reshape(-1, grad.shape[1]).to(dtype)
     return src.new_zeros(num_rows, grad.shape[1]).index_add_(0, index.reshape(-1), src)
 
 
@@ -321,24 +328,26 @@ def _run_forward(plan: _StackPlan, x: torch.Tensor, labels: torch.Tensor | None,
 
 def _run_backward(plan: _StackPlan, grad_last: torch.Tensor, x_shape, labels: torch.Tensor | None, inputs, outputs,
                   weights, conv: ItemConv, negative_slope: float, final_activation: str | None, need_input: bool):
-    """grad_last [P, O_L, ., .] -> (dx [B, C, H, W] or None, [dweight_l], [dbias_l])."""
+    """grad_last [P, O_L, ., .] (accumulation dtype) -> (dx [B, C, H, W] or None, [dweight_l], [dbias_l]), all in
+    grad_last's dtype but the weight gradients (the backend's accumulation dtype)."""
     dweights, dbiases = [None] * len(weights), [None] * len(weights)
     grad = grad_last
     last = len(weights) - 1
     dx = None
     for layer in range(last, -1, -1):
-        gz = _activation_grad(grad, outputs[layer], layer == last, negative_slope, final_activation)
+        gz = _activation_grad(grad, outputs[layer].to(grad.dtype), layer == last, negative_slope, final_activation)
         want_input = layer > 0 or need_input
         d_inp, dweights[layer], dbiases[layer] = conv.backward(gz, inputs[layer], weights[layer], plan, want_input)
         if layer > 0:
             prev = outputs[layer - 1]
             n, _, h, w = prev.shape
             index = _window_index(plan, layer, h, w, torch.arange(plan.num_items, device=gz.device))
-            grad = _from_sentinel_rows(_scatter(d_inp, index, n * (h + 1) * (w + 1)), n, h, w)
+            grad = _from_sentinel_rows(_scatter(d_inp, index, n * (h + 1) * (w + 1), grad.dtype), n, h, w)
         elif need_input:
             batch, _, height, width = x_shape
             index = _input_index(plan, labels, height, width)
-            dx = _from_sentinel_rows(_scatter(d_inp, index, batch * (height + 1) * (width + 1)), batch, height, width)
+            dx = _from_sentinel_rows(_scatter(d_inp, index, batch * (height + 1) * (width + 1), grad.dtype),
+                                     batch, height, width)
     return dx, dweights, dbiases
 
 
@@ -355,11 +364,15 @@ def _output_index(plan: _StackPlan, height: int, width: int, trash: int) -> tupl
 
 @dataclass
 class _Problem:
-    """Everything both directions need, in the compute dtype."""
+    """Everything both directions need: x and the items' weights in the compute dtype (fp16/bf16 where the
+    backend computes them natively, else the accumulation dtype), the background's weights in ``acc``."""
     x: torch.Tensor
     labels: torch.Tensor
     weights: list
     biases: list
+    acc: torch.dtype
+    weights_acc: list
+    biases_acc: list
     plan: _StackPlan
     bg_plan: _StackPlan
     bg_row_map: torch.Tensor
@@ -369,22 +382,26 @@ class _Problem:
     final_activation: Optional[str]
 
 
-def _problem(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile) -> _Problem:
+def _problem(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile,
+             native: tuple = ()) -> _Problem:
     acc = accumulator_dtype(x.dtype)
+    compute = x.dtype if x.dtype in native else acc
     kernel_sizes = [w.shape[-1] for w in weights]
     num_classes = weights[0].shape[0]
     batch, channels, height, width = x.shape
     plan = plan_class_stack(labels, num_classes, kernel_sizes, padding_mode, tile)
     bg_plan, row_map, col_map = _background_plan(num_classes, height, width, [k // 2 for k in kernel_sizes],
                                                  padding_mode, x.device)
-    return _Problem(x.to(acc), labels, [w.to(acc) for w in weights], [b.to(acc) for b in biases], plan, bg_plan,
-                    row_map, col_map, padding_mode, negative_slope, final_activation)
+    return _Problem(x.to(compute), labels, [w.to(compute) for w in weights], [b.to(compute) for b in biases], acc,
+                    [w.to(acc) for w in weights], [b.to(acc) for b in biases], plan, bg_plan, row_map, col_map,
+                    padding_mode, negative_slope, final_activation)
 
 
 def _background_forward(prob: _Problem, conv: ItemConv):
     bg = prob.bg_plan
-    zeros = prob.x.new_zeros(1, prob.x.shape[1], bg.rows.n, bg.cols.n)
-    return _run_forward(bg, zeros, None, prob.weights, prob.biases, conv, prob.negative_slope, prob.final_activation)
+    zeros = prob.x.new_zeros(1, prob.x.shape[1], bg.rows.n, bg.cols.n, dtype=prob.acc)
+    return _run_forward(bg, zeros, None, prob.weights_acc, prob.biases_acc, conv, prob.negative_slope,
+                        prob.final_activation)
 
 
 def class_stack_forward_engine(prob: _Problem, conv: ItemConv) -> torch.Tensor:
@@ -408,17 +425,17 @@ def class_stack_forward_engine(prob: _Problem, conv: ItemConv) -> torch.Tensor:
 
 
 def class_stack_backward_engine(prob: _Problem, grad_out: torch.Tensor, conv: ItemConv):
-    """(dx [B, C, H, W], [dweight_l], [dbias_l]) in the compute dtype, for grad_out [B, K, O_L, H, W]."""
+    """(dx [B, C, H, W], [dweight_l], [dbias_l]) in the accumulation dtype, for grad_out [B, K, O_L, H, W]."""
     batch, channels, height, width = prob.x.shape
     num_classes = prob.plan.num_classes
     out_ch = grad_out.shape[2]
-    grad = grad_out.to(prob.x.dtype).reshape(batch * num_classes, out_ch, height * width)
+    grad = grad_out.to(prob.acc).reshape(batch * num_classes, out_ch, height * width)
     channel = torch.arange(out_ch, device=grad.device).view(1, -1, 1)
     # Pixels not overwritten by an item keep the background: their gradient goes to it.
     grad_bg = grad.view(batch, num_classes, out_ch, -1).sum(0)
-    dweights = [torch.zeros_like(w) for w in prob.weights]
-    dbiases = [torch.zeros_like(b) for b in prob.biases]
-    dx = prob.x.new_zeros(prob.x.shape)
+    dweights = [torch.zeros_like(w) for w in prob.weights_acc]
+    dbiases = [torch.zeros_like(b) for b in prob.biases_acc]
+    dx = prob.x.new_zeros(prob.x.shape, dtype=prob.acc)
     if prob.plan.num_items:
         inputs, outputs = _run_forward(prob.plan, prob.x, prob.labels, prob.weights, prob.biases, conv,
                                        prob.negative_slope, prob.final_activation)
@@ -441,7 +458,7 @@ def class_stack_backward_engine(prob: _Problem, grad_out: torch.Tensor, conv: It
     grad_small = grad_small.new_zeros(num_classes, out_ch, bg.rows.n, bg.cols.n).index_add_(
         3, prob.bg_col_map, grad_small)
     bg_inputs, bg_outputs = _background_forward(prob, conv)
-    _, dws, dbs = _run_backward(bg, grad_small, None, None, bg_inputs, bg_outputs, prob.weights, conv,
+    _, dws, dbs = _run_backward(bg, grad_small, None, None, bg_inputs, bg_outputs, prob.weights_acc, conv,
                                 prob.negative_slope, prob.final_activation, False)
     for acc_list, part in ((dweights, dws), (dbiases, dbs)):
         for total, value in zip(acc_list, part):
@@ -484,21 +501,26 @@ CPU_ITEM_CONV = ItemConv(_item_conv_forward_cpu, _item_conv_backward_cpu)
 
 def _engine_forward(conv_of: Callable[[], ItemConv], x, labels, weights, biases, padding_mode, negative_slope,
                     final_activation, tile):
-    prob = _problem(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile)
-    return class_stack_forward_engine(prob, conv_of()).to(x.dtype)
+    conv = conv_of()
+    prob = _problem(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile, conv.native)
+    return class_stack_forward_engine(prob, conv).to(x.dtype)
 
 
 def _engine_backward(conv_of: Callable[[], ItemConv], grad_out, x, labels, weights, biases, padding_mode,
                      negative_slope, final_activation, tile):
-    prob = _problem(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile)
-    dx, dws, dbs = class_stack_backward_engine(prob, grad_out, conv_of())
+    conv = conv_of()
+    prob = _problem(x, labels, weights, biases, padding_mode, negative_slope, final_activation, tile, conv.native)
+    dx, dws, dbs = class_stack_backward_engine(prob, grad_out, conv)
     return (dx.to(x.dtype), [d.to(w.dtype) for d, w in zip(dws, weights)],
             [d.to(b.dtype) for d, b in zip(dbs, biases)])
 
 
 def _triton_item_conv() -> ItemConv:
     from semgan_fast.kernels import class_stack as kernels
-    return ItemConv(kernels.item_conv_forward_triton, kernels.item_conv_backward_triton)
+    from ._library import triton_interpreting
+    # bf16 math is wrong in the Triton interpreter: there bf16 runs in fp32.
+    native = (torch.float16,) if triton_interpreting() else (torch.float16, torch.bfloat16)
+    return ItemConv(kernels.item_conv_forward_triton, kernels.item_conv_backward_triton, native)
 
 
 class_stack_forward_cpu = partial(_engine_forward, lambda: CPU_ITEM_CONV)
