@@ -1,26 +1,10 @@
 """Datasets and samplers."""
 import os
 
-import torch
-
-from .sampler import ResumableSampler
-from .sampler import collate as _collate_base
+from .sampler import ResumableSampler, collate
 from .synthetic import SyntheticScenes
 
 __all__ = ["SyntheticScenes", "ResumableSampler", "collate", "build_dataset"]
-
-# Optional per-item tensors stacked by ``collate`` besides label / image / instance.
-EXTRA_KEYS = ("edge", "source")
-
-
-def collate(items: list[dict]) -> dict:
-    """Stack dataset items into a batch: label, image, instance, and when present "edge" (ECGAN) and
-    "source" (cross-view source view); "index" stays a list."""
-    batch = _collate_base(items)
-    for key in EXTRA_KEYS:
-        if key in items[0]:
-            batch[key] = torch.stack([it[key] for it in items])
-    return batch
 
 
 def build_dataset(data_cfg, model_cfg, split: str | None = None):

@@ -54,8 +54,13 @@ class ResumableSampler(torch.utils.data.Sampler):
             position += step_span
 
 
+# Per-item tensors stacked into batches: "edge" (ECGAN's Canny edges), "source" (cross-view source view).
+STACKED_KEYS = ("label", "image", "instance", "edge", "source")
+
+
 def collate(items: list[dict]) -> dict:
-    """Stack a list of dataset items into a batch dict of tensors (and a list of indices)."""
-    batch = {key: torch.stack([it[key] for it in items]) for key in ("label", "image", "instance") if key in items[0]}
+    """Stack dataset items into a batch: label, image and, when present, instance, edge and source
+    [B, ...] tensors; "index" stays a list."""
+    batch = {key: torch.stack([it[key] for it in items]) for key in STACKED_KEYS if key in items[0]}
     batch["index"] = [it["index"] for it in items]
     return batch
