@@ -1,7 +1,6 @@
 """Cross-view LGGAN: encoder input (source view + target semantics), dual discriminator losses (Eq. 8-9),
 ablation rows, Dayton/CVUSA panel loading, the synthetic paired views, Trainer steps, checkpoint round
 trip, CLI generate/edges and the pixel-level metrics through ``evaluate(generator_fn=...)``."""
-import dataclasses
 import json
 import os
 

@@ -1,7 +1,6 @@
 """ECGAN: ablation rows, module formulas (Eq. 1, 2, 6-7), class-specific stacks vs the naive per-class
 formulation, loss weights (Eq. 8-10), label generator modes, contrastive loss with a memory bank,
 multi-modal synthesis, host-sync freedom, a few Trainer steps and a checkpoint round trip."""
-import dataclasses
 import os
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from semgan_fast.config import DataConfig, ECGANConfig, ExperimentConfig, TrainConfig, preset
-from semgan_fast.models import ECGANModel, ECGANOutput, SmallSegNet, build_inference_model, build_model
+from semgan_fast.models import ECGANModel, SmallSegNet, build_inference_model, build_model
 from semgan_fast.models.ecgan import ClassSpecificGenerator, EdgeImageBranches, SemanticPreserving
 from semgan_fast.ops import class_stack_reference
 from semgan_fast.models.layers import instance_edges

@@ -36,12 +36,10 @@ import torch.nn as nn
 from ..config import CrossViewConfig
 from .discriminator import MultiscaleDiscriminator, NLayerDiscriminator, _downsample
 from .encoder import Encoder
-from .layers import Semantics, init_weights
-from .lggan import (GeneratorOutput, LGGANGenerator, LGGANModel, _drop_vgg_keys, _ignore_missing_vgg_keys,
-                    _no_param_grads, local_label_map)
+from .layers import Semantics
+from .lggan import GeneratorOutput, LGGANGenerator, LGGANModel, _no_param_grads, attach_gan_parts, local_label_map
 from .losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
 from .spade import UPSAMPLING_LAYERS
-from .vgg import VGG19Features
 from ..ops import weight_map_fusion
 
 
@@ -159,14 +157,7 @@ class CrossViewModel(LGGANModel):
 
     def __init__(self, cfg: CrossViewConfig):
         nn.Module.__init__(self)
-        self.cfg = cfg
-        self.generator = CrossViewGenerator(cfg)
-        self.discriminator = DualDiscriminator(cfg)
-        init_weights(self.generator, cfg.init_type, cfg.init_gain)
-        init_weights(self.discriminator, cfg.init_type, cfg.init_gain)
-        self.vgg = VGG19Features.from_pretrained(cfg.vgg_weights) if cfg.use_vgg else None
-        self.register_state_dict_post_hook(_drop_vgg_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_vgg_keys)
+        attach_gan_parts(self, cfg, CrossViewGenerator(cfg), DualDiscriminator(cfg))
 
     @staticmethod
     def condition(batch: dict) -> torch.Tensor:

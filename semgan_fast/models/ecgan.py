@@ -84,13 +84,12 @@ import torch.nn.functional as F
 from ..config import ECGANConfig
 from ..edges import canny, edge_image
 from ..ops import class_conv, class_l1, class_stack
-from .discriminator import MultiscaleDiscriminator
-from .layers import OneHotConv2d, Semantics, init_weights, instance_edges, spectral_norm
-from .lggan import _drop_vgg_keys, _ignore_missing_vgg_keys, _no_param_grads
+from .layers import OneHotConv2d, Semantics, instance_edges, spectral_norm
+from .lggan import _no_param_grads, attach_gan_parts
 from .segmenter import LabelGenerator, build_label_generator
 from .spade import UPSAMPLING_LAYERS, SPADEGlobalGenerator
 from .sync_norm import gather_over_ranks
-from .vgg import VGG_LAYER_WEIGHTS, VGG19Features
+from .vgg import VGG_LAYER_WEIGHTS
 
 
 # ----------------------------------------------------------------------------------------- pieces
@@ -506,12 +505,7 @@ class ECGANModel(nn.Module):
 
     def __init__(self, cfg: ECGANConfig):
         super().__init__()
-        self.cfg = cfg
-        self.generator = ECGANGenerator(cfg)
-        self.discriminator = MultiscaleDiscriminator(cfg.num_classes, cfg.use_instance_edge, cfg.ndf, cfg.num_d,
-                                                     cfg.n_layers_d, cfg.spectral_norm)
-        init_weights(self.generator, cfg.init_type, cfg.init_gain)
-        init_weights(self.discriminator, cfg.init_type, cfg.init_gain)
+        attach_gan_parts(self, cfg, ECGANGenerator(cfg))
         for module in self.generator.modules():
             if isinstance(module, ClassLayer):
                 module.reset_spectral_state()
@@ -524,9 +518,6 @@ class ECGANModel(nn.Module):
 
             self.memory_bank = ClassMemoryBank(cfg.num_classes, cfg.proj_dim, cfg.memory_size,
                                                cfg.memory_pixels_per_image)
-        self.vgg = VGG19Features.from_pretrained(cfg.vgg_weights) if cfg.use_vgg else None
-        self.register_state_dict_post_hook(_drop_vgg_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_vgg_keys)
         if self.label_generator is not None and self.label_generator.external:
             self.register_state_dict_post_hook(_drop_external_segmenter_keys)
             self.register_load_state_dict_post_hook(_ignore_missing_segmenter_keys)

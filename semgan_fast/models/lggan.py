@@ -168,6 +168,21 @@ class LGGANGenerator(nn.Module):
                                class_present=class_present)
 
 
+def attach_gan_parts(model: nn.Module, cfg, generator: nn.Module, discriminator: nn.Module | None = None) -> None:
+    """Sets ``model.cfg``, ``model.generator``, ``model.discriminator`` (default: the SPADE multiscale D; both
+    initialised by ``cfg.init_type``) and the frozen ``model.vgg`` (None without the VGG loss), kept out of the
+    model's state_dict (it is loaded from its weight file). Shared by the LGGAN, cross-view and ECGAN models."""
+    model.cfg = cfg
+    model.generator = generator
+    model.discriminator = discriminator if discriminator is not None else MultiscaleDiscriminator(
+        cfg.num_classes, cfg.use_instance_edge, cfg.ndf, cfg.num_d, cfg.n_layers_d, cfg.spectral_norm)
+    init_weights(model.generator, cfg.init_type, cfg.init_gain)
+    init_weights(model.discriminator, cfg.init_type, cfg.init_gain)
+    model.vgg = VGG19Features.from_pretrained(cfg.vgg_weights) if cfg.use_vgg else None
+    model.register_state_dict_post_hook(_drop_vgg_keys)
+    model.register_load_state_dict_post_hook(_ignore_missing_vgg_keys)
+
+
 class LGGANModel(nn.Module):
     """Generator, discriminator, frozen VGG19 and all LGGAN losses.
 
@@ -180,15 +195,7 @@ class LGGANModel(nn.Module):
 
     def __init__(self, cfg: LGGANConfig):
         super().__init__()
-        self.cfg = cfg
-        self.generator = LGGANGenerator(cfg)
-        self.discriminator = MultiscaleDiscriminator(cfg.num_classes, cfg.use_instance_edge, cfg.ndf, cfg.num_d,
-                                                     cfg.n_layers_d, cfg.spectral_norm)
-        init_weights(self.generator, cfg.init_type, cfg.init_gain)
-        init_weights(self.discriminator, cfg.init_type, cfg.init_gain)
-        self.vgg = VGG19Features.from_pretrained(cfg.vgg_weights) if cfg.use_vgg else None
-        self.register_state_dict_post_hook(_drop_vgg_keys)
-        self.register_load_state_dict_post_hook(_ignore_missing_vgg_keys)
+        attach_gan_parts(self, cfg, LGGANGenerator(cfg))
 
     # ------------------------------------------------------------------------------------ helpers
     def generator_parameters(self):

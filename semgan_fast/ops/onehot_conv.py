@@ -187,7 +187,7 @@ def _triton_forward(labels, extra, weight, bias, stride, padding, reflect):
 
 def _triton_backward(grad_out, labels, extra, weight, stride, padding, reflect, need_extra):
     from semgan_fast.kernels.onehot_conv import onehot_conv_weight_grad
-    out_ch, in_ch, kernel = weight.shape[0], weight.shape[1], weight.shape[-1]
+    in_ch, kernel = weight.shape[1], weight.shape[-1]
     n_extra = 0 if extra is None else extra.shape[1]
     num_classes = in_ch - n_extra
     dweight = torch.empty_like(weight)
