@@ -57,6 +57,7 @@ from semgan_fast.models.lggan import LGGANGenerator, LGGANModel
 from semgan_fast.models.spade import SPADE, UPSAMPLING_LAYERS, SPADEResnetBlock
 from semgan_fast.models.sync_norm import ParamFreeSyncBatchNorm
 from semgan_fast.ops.class_conv import class_conv
+from semgan_fast.ops.class_stack import class_stack
 from semgan_fast.ops.onehot_conv import onehot_conv
 
 OPS_BACKENDS = ("auto", "reference", "decomposed", "cpu", "triton", "cuda")
@@ -91,6 +92,20 @@ def class_conv_decomposed(x: torch.Tensor, labels: torch.Tensor, weight: torch.T
     if activation == "tanh":
         out = torch.tanh(out)
     return out.unflatten(1, (num_classes, out_ch))
+
+
+def class_stack_decomposed(x: torch.Tensor, labels: torch.Tensor, weights: list[torch.Tensor],
+                           biases: list[torch.Tensor], negative_slope: float = 0.2) -> torch.Tensor:
+    """``class_stack`` (reflect padding, LeakyReLU between layers, tanh last) with standard ops only: layer 1 as
+    ``class_conv_decomposed`` (class c's stack starts on x * (labels == c)), then every later layer one grouped
+    conv (groups = K) over the per-class outputs, which are dense and independent per class. Exact.
+    x [B,C,H,W], weights[l] [K,O_l,I_l,k_l,k_l], biases[l] [K,O_l] -> [B,K,O_L,H,W]."""
+    h = class_conv_decomposed(x, labels, weights[0], biases[0], "reflect", None)
+    for weight, bias in zip(weights[1:], biases[1:]):
+        num_classes, pad = weight.shape[0], weight.shape[-1] // 2
+        flat = F.pad(F.leaky_relu(h, negative_slope).flatten(1, 2), (pad,) * 4, mode="reflect")
+        h = F.conv2d(flat, weight.flatten(0, 1), bias.flatten(), groups=num_classes).unflatten(1, (num_classes, -1))
+    return torch.tanh(h)
 
 
 def onehot_conv_decomposed(labels: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor,
@@ -161,6 +176,28 @@ class InferenceClassConv(nn.Module):
             return class_conv_decomposed(x, labels, self.weight, self.bias, self.padding_mode, self.activation)
         return class_conv(x, labels, self.weight, self.bias, padding_mode=self.padding_mode,
                           activation=self.activation, backend=self.ops.backend)
+
+
+class InferenceClassStack(nn.Module):
+    """class_stack (reflect, LeakyReLU 0.2, tanh) with fixed weights: forward(x [B,C,H,W], labels [B,H,W]) ->
+    [B,K,O_L,H,W]. Deeper LGGAN class sub-generators (``local_depth`` > 1)."""
+
+    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor], ops: OpsSettings):
+        super().__init__()
+        self.depth = len(weights)
+        for layer, (weight, bias) in enumerate(zip(weights, biases)):
+            self.register_buffer(f"weight{layer}", weight.detach().clone())
+            self.register_buffer(f"bias{layer}", bias.detach().clone())
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weights = [getattr(self, f"weight{layer}") for layer in range(self.depth)]
+        biases = [getattr(self, f"bias{layer}") for layer in range(self.depth)]
+        if self.ops.backend == "decomposed":
+            return class_stack_decomposed(x, labels, weights, biases)
+        backend = "auto" if self.ops.backend == "cuda" else self.ops.backend   # no CUDA C++ class_stack
+        return class_stack(x, labels, weights, biases, padding_mode="reflect", negative_slope=0.2,
+                           final_activation="tanh", backend=backend)
 
 
 class InstanceNormFP32(nn.Module):
@@ -430,7 +467,9 @@ class LGGANInference(InferenceGenerator):
             loc = gen.local_generator
             self.local_trunk = _convert_norms(loc.trunk)
             self.local_up = _convert_norms(loc.up)
-            self.class_conv = InferenceClassConv(loc.class_weight, loc.class_bias, "reflect", "tanh", self.ops)
+            weights, biases = loc.class_parameters()
+            self.class_conv = (InferenceClassConv(weights[0], biases[0], "reflect", "tanh", self.ops) if len(weights) == 1
+                               else InferenceClassStack(weights, biases, self.ops))
             self.combine = loc.combine
             self.fuse = copy.deepcopy(loc.fuse) if loc.fuse is not None else None
             self.local_classes = (cfg.local_classes if cfg.local_classes is not None

@@ -41,6 +41,10 @@ class LGGANConfig:
     spectral_norm: bool = True            # spectral norm on the SPADE blocks' and D's convs
     num_resblocks: int = 9                # local branch trunk
     local_kernel: int = 7                 # class sub-generator conv size
+    # Depth of each class sub-generator (LGGAN: 1 conv, ngf -> 3). Deeper: local_kernel conv ngf -> local_hidden,
+    # then 3x3 convs (LeakyReLU 0.2 between, tanh last) down to 3 channels, all classes via ops.class_stack.
+    local_depth: int = 1
+    local_hidden: int = 16
     # Classes >= local_classes share one "other" generator (ADE20K: 51 -> 52 generators). None: all local.
     local_classes: int | None = None
     # Ablation switches (LGGAN Table 3 right): S1 global only; S2 + local (add, Eq. 3);

@@ -72,7 +72,8 @@ def _inputs(cfg, batch=2, seed=0, height=None, width=None):
     dict(param_free_norm="syncbatch", use_local=False, use_class_loss=False, use_weight_map=False),  # S1
     dict(local_combine="add", use_class_loss=False, use_weight_map=False),   # S2
     dict(num_upsampling_layers="more", local_classes=5, use_instance_edge=False, height=64, width=64),
-], ids=["S5-batch", "S5-instance", "S1-syncbatch", "S2-add", "more-other-noedge"])
+    dict(local_depth=3, local_hidden=5),                                      # deeper class sub-generators
+], ids=["S5-batch", "S5-instance", "S1-syncbatch", "S2-add", "more-other-noedge", "deep-local"])
 def test_inference_matches_training_generator(overrides):
     gen = random_generator("synthetic", **{**SMALL, **overrides})
     labels, edge = _inputs(gen.cfg)

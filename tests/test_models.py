@@ -108,6 +108,33 @@ def test_ade20k_other_generator_pools_remaining_classes():
     assert gen.classifier.fc.out_features == 51 and out.class_logits.shape[1:] == (51, 51)
 
 
+def test_deeper_class_sub_generators_equal_naive_per_class_stacks():
+    """local_depth = 3: every class's sub-generator is a stack (class_stack), exactly the naive per-class
+    formulation on the masked features (fp64), forward (the model's per-class images) and backward."""
+    from semgan_fast.models.local import class_sub_generators
+    from semgan_fast.ops import class_stack_reference
+
+    cfg = tiny("cityscapes", local_depth=3, local_hidden=5, local_combine="add", use_class_loss=False,
+               use_weight_map=False, use_instance_edge=False)
+    gen = LGGANGenerator(cfg).double().eval()
+    local = gen.local_generator
+    weights, biases = local.class_parameters()
+    assert [tuple(w.shape[1:3]) for w in weights] == [(5, 4), (5, 5), (3, 5)]
+    labels, _, _ = batch(cfg, 2, seed=5)
+    with torch.no_grad():
+        per_class = gen(labels).per_class
+        x_encode, _ = gen.encoder(labels, None)
+        features = local.up(local.trunk(x_encode))
+    expected = class_stack_reference(features, labels, weights, biases)
+    torch.testing.assert_close(per_class, expected, atol=1e-12, rtol=1e-10)
+    features.requires_grad_()
+    grad = torch.randn_like(expected)
+    got = torch.autograd.grad(class_sub_generators(features, labels, weights, biases), [features, weights[1]], grad)
+    want = torch.autograd.grad(class_stack_reference(features, labels, weights, biases), [features, weights[1]], grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
+
+
 @pytest.mark.slow
 def test_full_size_cityscapes_generator_forward():
     """One full-size generator forward (256x512, ngf 64, 35 local classes) on the CPU, no grad."""

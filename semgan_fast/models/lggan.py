@@ -131,7 +131,7 @@ class LGGANGenerator(nn.Module):
                 raise ValueError(f"reproduce_mask_26_27_bug needs more than {_BUG_CLASS_AFFECTED} local "
                                  f"generators (Cityscapes), got {groups}")
             self.local_generator = LocalGenerator(cfg.ngf, groups, cfg.num_resblocks, cfg.local_kernel,
-                                                  cfg.local_combine)
+                                                  cfg.local_combine, cfg.local_depth, cfg.local_hidden)
             if cfg.use_class_loss:
                 classified = groups if groups == cfg.num_classes else groups - 1   # "other" is not classified
                 self.classifier = ClassClassifier(cfg.ngf, groups, classified)

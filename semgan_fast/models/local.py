@@ -4,7 +4,8 @@ Local branch (public generator l.78-138, 218-393; paper Sec. 3.2, Eq. 1, 3, 4):
   x_encode [B,4ngf,H/4,W/4] -> 9 residual blocks (reflect-pad 1, 3x3, IN, ReLU, reflect-pad 1, 3x3, IN,
   + skip) -> ConvT 4ngf->2ngf (k3 s2 p1 op1) + IN + ReLU -> ConvT 2ngf->ngf + IN + ReLU = f' [B,ngf,H,W]
   -> per class i: tanh(conv7x7_i(reflect_pad(f' * M_i))) = I_i [B,G,3,H,W] (``class_conv``, one call,
-  no Python loop over classes) -> combine: Eq. 3 ``sum_i I_i`` ("add") or Eq. 4
+  no Python loop over classes; with ``local_depth`` > 1 each sub-generator is a stack, conv7x7 ngf ->
+  local_hidden then 3x3 convs with LeakyReLU 0.2 between and tanh last, run by ``class_stack``) -> combine: Eq. 3 ``sum_i I_i`` ("add") or Eq. 4
   ``tanh(conv3x3(concat_i I_i))`` ("conv"; the public code's deconv9, zero padding 1, then tanh).
 
 Class grouping: with ``local_classes = N`` (ADE20K: 51) labels >= N map to one "other" generator N,
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import class_conv, class_pool
+from ..ops import class_conv, class_pool, class_stack
 from .losses import accumulation_dtype
 from .sync_norm import sum_over_ranks
 
@@ -58,41 +59,66 @@ class LocalGenerator(nn.Module):
     """G_l. forward(x_encode, local_labels) -> (features f' [B,ngf,H,W], per_class [B,G,3,H,W],
     local image [B,3,H,W])."""
 
-    def __init__(self, ngf: int, num_generators: int, num_resblocks: int, kernel_size: int, combine: str):
+    def __init__(self, ngf: int, num_generators: int, num_resblocks: int, kernel_size: int, combine: str,
+                 depth: int = 1, hidden: int = 16):
         super().__init__()
         if combine not in ("add", "conv"):
             raise ValueError(f"local_combine must be 'add' or 'conv', got {combine!r}")
         if kernel_size % 2 == 0:
             raise ValueError(f"local_kernel must be odd, got {kernel_size}")
+        if depth < 1 or hidden < 1:
+            raise ValueError(f"local_depth and local_hidden must be >= 1, got {depth} and {hidden}")
         self.num_generators = num_generators
         self.combine = combine
         self.trunk = nn.Sequential(*[ResnetBlock(4 * ngf) for _ in range(num_resblocks)])
         self.up = nn.Sequential(_up_block(4 * ngf, 2 * ngf), _up_block(2 * ngf, ngf))
-        # G class sub-generators Conv(ngf -> 3, k x k) stored as one [G, 3, ngf, k, k] tensor for class_conv.
-        self.class_weight = nn.Parameter(torch.empty(num_generators, 3, ngf, kernel_size, kernel_size))
-        self.class_bias = nn.Parameter(torch.empty(num_generators, 3))
+        # G class sub-generators. First layer Conv(ngf -> 3, or -> hidden when deeper; k x k) stored as one
+        # [G, O, ngf, k, k] tensor for class_conv / class_stack; deeper layers 3x3 in ``deeper_weights``
+        # (empty for LGGAN's depth 1, so its state_dict keys are unchanged).
+        widths = [hidden] * (depth - 1) + [3]
+        self.class_weight = nn.Parameter(torch.empty(num_generators, widths[0], ngf, kernel_size, kernel_size))
+        self.class_bias = nn.Parameter(torch.empty(num_generators, widths[0]))
+        self.deeper_weights = nn.ParameterList([nn.Parameter(torch.empty(num_generators, o, i, 3, 3))
+                                                for i, o in zip(widths[:-1], widths[1:])])
+        self.deeper_biases = nn.ParameterList([nn.Parameter(torch.empty(num_generators, o)) for o in widths[1:]])
         self.fuse = nn.Conv2d(3 * num_generators, 3, 3, padding=1) if combine == "conv" else None
         self.reset_class_parameters()
 
+    def class_parameters(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-layer class sub-generator weights [G, O_l, I_l, k_l, k_l] and biases [G, O_l]."""
+        return [self.class_weight, *self.deeper_weights], [self.class_bias, *self.deeper_biases]
+
     def reset_class_parameters(self) -> None:
-        # nn.Conv2d's default initialisation, per class.
-        fan_in = self.class_weight.shape[2] * self.class_weight.shape[3] * self.class_weight.shape[4]
-        bound = 1.0 / math.sqrt(fan_in)
+        # nn.Conv2d's default initialisation, per class and layer.
         with torch.no_grad():
-            self.class_weight.uniform_(-bound, bound)   # = kaiming_uniform_(a=sqrt(5)) per class
-            self.class_bias.uniform_(-bound, bound)
+            for weight, bias in zip(*self.class_parameters()):
+                bound = 1.0 / math.sqrt(weight[0, 0].numel())
+                weight.uniform_(-bound, bound)   # = kaiming_uniform_(a=sqrt(5)) per class
+                bias.uniform_(-bound, bound)
 
     def forward(self, x_encode: torch.Tensor, local_labels: torch.Tensor):
         features = self.up(self.trunk(x_encode))
-        dtype = features.dtype
-        per_class = class_conv(features, local_labels, self.class_weight.to(dtype), self.class_bias.to(dtype),
-                               padding_mode="reflect", activation="tanh", backend="auto")
+        per_class = class_sub_generators(features, local_labels, *self.class_parameters(), backend="auto")
         if self.combine == "add":
             local_image = per_class.sum(dim=1)                                     # Eq. 3
         else:
             batch, groups, _, height, width = per_class.shape
             local_image = torch.tanh(self.fuse(per_class.reshape(batch, groups * 3, height, width)))  # Eq. 4
         return features, per_class, local_image
+
+
+def class_sub_generators(features: torch.Tensor, labels: torch.Tensor, weights: list[torch.Tensor],
+                         biases: list[torch.Tensor], backend: str = "auto") -> torch.Tensor:
+    """Every class's sub-generator on its masked features: features [B,C,H,W], labels [B,H,W] -> [B,G,3,H,W]
+    (reflect padding, tanh; LeakyReLU 0.2 between layers). Depth 1: ``class_conv``; deeper: ``class_stack``."""
+    dtype = features.dtype
+    weights = [w.to(dtype) for w in weights]
+    biases = [b.to(dtype) for b in biases]
+    if len(weights) == 1:
+        return class_conv(features, labels, weights[0], biases[0], padding_mode="reflect", activation="tanh",
+                          backend=backend)
+    return class_stack(features, labels, weights, biases, padding_mode="reflect", negative_slope=0.2,
+                       final_activation="tanh", backend=backend)
 
 
 class ClassClassifier(nn.Module):
