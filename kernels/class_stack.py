@@ -192,7 +192,7 @@ def item_conv_backward_triton(grad: torch.Tensor, inp: torch.Tensor, weight: tor
     dw_part = inp.new_zeros(split, num_classes, out_ch, in_ch, ks * ks, dtype=blk.acc_torch)
     db_part = inp.new_zeros(split, num_classes, out_ch, dtype=blk.acc_torch)
     if items:
-        present = torch.tensor([c for c, _, _ in plan.segments], dtype=torch.int64, device=inp.device)
+        present = plan.present_classes                      # on the device already: no upload (a sync) per layer
         grid = (present.numel(), ks * ks, split * n_ob * n_cb)
         _item_conv_dw_kernel[grid](grad, inp, plan.class_offsets, present, dw_part, db_part, num_classes, in_ch, out_ch, ho, wo,
                                    *inp.stride(), split, n_ob, n_cb, KS=ks, BLOCK_P=blk.block_p, BLOCK_C=blk.block_c,

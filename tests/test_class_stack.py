@@ -277,6 +277,65 @@ def test_opcheck_and_compile():
     torch.testing.assert_close(compiled(x, lab), step(x, lab))
 
 
+def test_backward_op_outputs_are_contiguous_like_its_fake():
+    """Regression: dx was a strided view into the sentinel-padded gradient rows while the fake kernel says
+    contiguous; Inductor asserts the fake strides (``torch.compile`` of a training step failed) and opcheck's
+    fake-tensor test caught the mismatch."""
+    torch.manual_seed(9)
+    x = torch.randn(2, 2, 6, 7)
+    weights, biases = _params(3, 2, [2, 3], [3, 3], dtype=torch.float32)
+    lab = _labels("regions", 2, 6, 7, 3)
+    args = (torch.randn(2, 3, 3, 6, 7), x, lab, weights, biases, "reflect", 0.2, "tanh", 4, "cpu")
+    assert all(t.is_contiguous() for t in torch.ops.semgan.class_stack_backward(*args))
+    torch.library.opcheck(torch.ops.semgan.class_stack_backward.default, args)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_empty_batch(backend):
+    """B = 0 (regression: the planner's and the backward's -1 reshapes of empty tensors raised): an empty
+    [0, K, O, H, W] output and zero parameter gradients, as the reference."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    torch.manual_seed(14)
+    x = torch.randn(0, 2, 5, 6, dtype=torch.float64)
+    weights, biases = _params(3, 2, [2, 3], [3, 3])
+    lab = torch.zeros(0, 5, 6, dtype=torch.long)
+    for mode in ("reflect", "zeros"):
+        ref = _fwd_bwd(lambda *a: class_stack_reference(*a, mode), x, lab, weights, biases)
+        out = _fwd_bwd(lambda *a: class_stack(*a, mode, tile=4, backend=backend), x, lab, weights, biases, ref[2])
+        assert out[0].shape == ref[0].shape == (0, 3, 3, 5, 6)
+        assert all(g.shape == r.shape and not g.any() for g, r in zip(out[1], ref[1]))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_one_host_sync_per_call(monkeypatch, backend):
+    """The planner reads the per-class item counts once (``tolist``) per op call; nothing else reads device
+    values on the host (on CUDA nonzero, bincount, item and uploads of host lists each synchronise). Was 4
+    reads per forward (items and background plans: nonzero + bincount + tolist each) and, with Triton, an
+    upload of the present classes per layer in the backward."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    calls = {"tolist": 0, "other": 0}
+
+    def counting(name, orig):
+        def wrapper(*args, **kwargs):
+            calls["tolist" if name == "tolist" else "other"] += 1
+            return orig(*args, **kwargs)
+        return wrapper
+
+    for name in ("tolist", "item", "nonzero", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    for name in ("nonzero", "bincount", "unique", "tensor", "as_tensor"):
+        monkeypatch.setattr(torch, name, counting(name, getattr(torch, name)))
+    torch.manual_seed(15)
+    x = torch.randn(1, 2, 6, 7, requires_grad=True)
+    weights, biases = _params(3, 2, [3, 2], [3, 3], dtype=torch.float32)
+    out = class_stack(x, _labels("regions", 1, 6, 7, 3), weights, biases, tile=8, backend=backend)
+    assert calls == {"tolist": 1, "other": 0}
+    out.backward(torch.ones_like(out))
+    assert calls == {"tolist": 2, "other": 0}
+
+
 def test_deterministic():
     torch.manual_seed(10)
     x = torch.randn(2, 3, 12, 13)
@@ -318,6 +377,7 @@ def _bad_inputs():
         "slope": ((x, lab, w, b), {"negative_slope": -0.1}, "negative_slope"),
         "activation": ((x, lab, w, b), {"final_activation": "sigmoid"}, "final_activation"),
         "tile": ((x, lab, w, b), {"tile": 0}, "tile"),
+        "empty image": ((x[:, :, :0], lab[:, :0], w, b), {"padding_mode": "zeros"}, "x"),
         "label range": ((x, lab + 5, w, b), {"check_values": True}, "labels"),
         "nan": ((x.masked_fill(x > 1, float("nan")), lab, w, b), {"check_values": True}, "x"),
         "backend": ((x, lab, w, b), {"backend": "cuda"}, "backend"),
@@ -364,6 +424,32 @@ def test_gpu_triton_half_2x_rule(dtype):
     _assert_2x(out, ref_low, ref64, atol, f"{dtype} forward")
     for index, (g, gl, g64) in enumerate(zip(grads, grads_low, grads64)):
         _assert_2x(g, gl, g64, atol * max(g64.abs().max().item(), 1.0), f"{dtype} grad {index}")
+
+
+@needs_cuda
+def test_gpu_one_host_sync_per_call():
+    """CUDA sync debug mode: one synchronisation per op call (the planner's item counts), forward and backward."""
+    import warnings
+    torch.manual_seed(16)
+    x = torch.randn(2, 16, 40, 56, device="cuda", requires_grad=True)
+    weights, biases = _params(35, 16, [8, 3], [3, 3], dtype=torch.float32, device="cuda")
+    lab = _labels("regions", 2, 40, 56, 35, device="cuda")
+    class_stack(x, lab, weights, biases, backend="triton").sum().backward()       # compile kernels first
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as fwd:
+            warnings.simplefilter("always")
+            out = class_stack(x, lab, weights, biases, backend="triton")
+        grad = torch.ones_like(out)
+        with warnings.catch_warnings(record=True) as bwd:
+            warnings.simplefilter("always")
+            out.backward(grad)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    syncs = [str(w.message) for w in fwd + bwd if "synchroniz" in str(w.message)]
+    assert len(syncs) <= 2, syncs
 
 
 _AOT_SCRIPT = r"""

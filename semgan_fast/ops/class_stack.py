@@ -25,7 +25,10 @@ image borders (clipped at R; with reflect padding it is even constant). Hence:
    written over it.
 
 Multiply-adds are proportional to the number of present (tile, class) pairs, not to K x tiles; only
-writing the [B, K, O, H, W] output depends on K. The backward recomputes the forward (only x,
+writing the [B, K, O, H, W] output depends on K. Memory: every item's gathered layer windows are
+materialised (items x C x (tile + 2R)^2 for layer 1), so the engine pays off when a tile's halo holds a few
+classes, as in semantic maps (measured: 394 MB vs the naive 875 MB peak at K = 35, 128x256, C = 64); in the
+worst case, every class near every tile (random labels), it needs more than the naive loop (1.5 GB vs 0.9 GB). The backward recomputes the forward (only x,
 labels and the weights are saved) and runs the layers in reverse: per-item conv backward
 (input, weight and bias gradients; weight gradients reduced per class), transposed gathers
 (``index_add``: deterministic on CPU, atomic on CUDA), and the background response's own backward with the gradient of the pixels it
@@ -155,6 +158,7 @@ class _StackPlan:
     item_class: torch.Tensor     # [P] int64, non-decreasing
     class_offsets: torch.Tensor  # [K + 1] int64: items of class c are class_offsets[c]:class_offsets[c+1]
     segments: list[tuple[int, int, int]]  # (class, first item, end) for the present classes (host)
+    present_classes: torch.Tensor  # [len(segments)] int64: the segments' classes, on the device (no upload later)
 
     @property
     def num_items(self) -> int:
@@ -162,18 +166,22 @@ class _StackPlan:
 
 
 def _items_from_presence(rows: _Axis, cols: _Axis, present: torch.Tensor) -> _StackPlan:
-    """present: bool [B, tiles_h, tiles_w, K]."""
+    """present: bool [B, tiles_h, tiles_w, K]. Synchronises with the device once (the per-class counts)."""
     batch, num_classes = present.shape[0], present.shape[-1]
-    idx = present.nonzero()                                   # one host sync: P sizes the work
-    order = torch.argsort(idx[:, 3], stable=True)
-    idx = idx[order]
-    counts = torch.bincount(idx[:, 3], minlength=num_classes)
-    offsets = torch.zeros(num_classes + 1, dtype=torch.int64, device=present.device)
-    offsets[1:] = torch.cumsum(counts, 0)
-    bounds = offsets.tolist()
+    by_class = present.permute(3, 0, 1, 2)                    # nonzero's row-major order is then sorted by class
+    counts = by_class.sum(dim=(1, 2, 3))
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    bounds = offsets.tolist()                                 # the one host sync: P sizes the work
     segments = [(c, bounds[c], bounds[c + 1]) for c in range(num_classes) if bounds[c + 1] > bounds[c]]
-    return _StackPlan(rows, cols, batch, num_classes, idx[:, 0].contiguous(), idx[:, 1].contiguous(),
-                      idx[:, 2].contiguous(), idx[:, 3].contiguous(), offsets, segments)
+    # nonzero_static with the known sizes: no further sync (nonzero, bincount and uploads each sync on CUDA)
+    if segments:
+        idx = torch.nonzero_static(by_class, size=bounds[-1])  # [P, 4] (class, image, tile row, tile column)
+        classes = torch.nonzero_static(counts, size=len(segments)).view(-1)
+    else:
+        idx = torch.zeros(0, 4, dtype=torch.int64, device=present.device)
+        classes = idx[:, 0]
+    return _StackPlan(rows, cols, batch, num_classes, idx[:, 1].contiguous(), idx[:, 2].contiguous(),
+                      idx[:, 3].contiguous(), idx[:, 0].contiguous(), offsets, segments, classes.contiguous())
 
 
 def plan_class_stack(labels: torch.Tensor, num_classes: int, kernel_sizes: Sequence[int], padding_mode: str = "reflect",
@@ -202,7 +210,8 @@ def plan_class_stack(labels: torch.Tensor, num_classes: int, kernel_sizes: Seque
     flat = ((b.view(-1, 1, 1, 1, 1) * height + win_r.view(1, -1, 1, rows.sizes[0], 1)) * width
             + win_c.view(1, 1, -1, 1, cols.sizes[0]))
     near = near_r.view(1, -1, 1, rows.sizes[0], 1) & near_c.view(1, 1, -1, 1, cols.sizes[0])
-    windows = torch.where(near, lab.reshape(-1)[flat], num_classes).reshape(batch, rows.tiles, cols.tiles, -1)
+    windows = torch.where(near, lab.reshape(-1)[flat], num_classes).reshape(
+        batch, rows.tiles, cols.tiles, rows.sizes[0] * cols.sizes[0])          # explicit: B = 0 is valid
     present = torch.zeros(batch, rows.tiles, cols.tiles, num_classes + 1, dtype=torch.bool, device=labels.device)
     present.scatter_(3, windows, True)
     return _items_from_presence(rows, cols, present[..., :num_classes])
@@ -225,8 +234,13 @@ def _background_plan(num_classes: int, height: int, width: int, radii: Sequence[
     tile = max(sh, sw)
     rows = _axis_plan(sh, tile, radii, padding_mode, device)
     cols = _axis_plan(sw, tile, radii, padding_mode, device)
-    present = torch.ones(1, 1, 1, num_classes, dtype=torch.bool, device=device)
-    return _items_from_presence(rows, cols, present), row_map, col_map
+    # every class, one item each: built directly (no device sync)
+    zeros = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    classes = torch.arange(num_classes, device=device)
+    plan = _StackPlan(rows, cols, 1, num_classes, zeros, zeros.clone(), zeros.clone(), classes,
+                      torch.arange(num_classes + 1, device=device), [(c, c, c + 1) for c in range(num_classes)],
+                      classes.clone())
+    return plan, row_map, col_map
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +446,7 @@ def class_stack_backward_engine(prob: _Problem, grad_out: torch.Tensor, conv: It
     grad = grad_out.to(prob.acc).reshape(batch * num_classes, out_ch, height * width)
     channel = torch.arange(out_ch, device=grad.device).view(1, -1, 1)
     # Pixels not overwritten by an item keep the background: their gradient goes to it.
-    grad_bg = grad.view(batch, num_classes, out_ch, -1).sum(0)
+    grad_bg = grad.view(batch, num_classes, out_ch, height * width).sum(0)
     dweights = [torch.zeros_like(w) for w in prob.weights_acc]
     dbiases = [torch.zeros_like(b) for b in prob.biases_acc]
     dx = prob.x.new_zeros(prob.x.shape, dtype=prob.acc)
@@ -555,7 +569,7 @@ def _class_stack_op(x: torch.Tensor, labels: torch.Tensor, weights: list[torch.T
                     backend: str) -> torch.Tensor:
     forward, _ = _fast_impl(backend).load()
     return forward(x.contiguous(), labels.contiguous(), _contiguous(weights), _contiguous(biases), padding_mode,
-                   negative_slope, final_activation, tile)
+                   negative_slope, final_activation, tile).contiguous()
 
 
 @_class_stack_op.register_fake
@@ -572,7 +586,9 @@ def _class_stack_backward_op(grad_out: torch.Tensor, x: torch.Tensor, labels: to
     _, backward = _fast_impl(backend).load()
     dx, dws, dbs = backward(grad_out.contiguous(), x.contiguous(), labels.contiguous(), _contiguous(weights),
                             _contiguous(biases), padding_mode, negative_slope, final_activation, tile)
-    return [dx, *dws, *dbs]  # flat: the schema has no nested lists
+    # contiguous, as the fake kernel says (dx is a strided view into the sentinel-padded gradient rows; Inductor
+    # asserts the fake strides on a custom op's outputs)
+    return [t.contiguous() for t in (dx, *dws, *dbs)]  # flat: the schema has no nested lists
 
 
 @_class_stack_backward_op.register_fake
@@ -626,6 +642,8 @@ def validate_class_stack(x, labels, weights, biases, padding_mode, negative_slop
         raise ValueError(f"biases must be a list of {len(weights)} tensors [K, O_l] (one per layer), "
                          f"got {type(biases).__name__} of length {len(biases) if isinstance(biases, (list, tuple)) else '-'}")
     batch, channels, height, width = x.shape
+    if height < 1 or width < 1:
+        raise ValueError(f"x must have H, W >= 1 (B may be 0), got shape {tuple(x.shape)}")
     if labels.shape != (batch, height, width):
         raise ValueError(f"labels must have shape [B, H, W] = {[batch, height, width]} matching x, "
                          f"got {list(labels.shape)}")
