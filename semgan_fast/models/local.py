@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import class_conv, class_pool, class_stack
-from .losses import accumulation_dtype
+from .losses import at_least_fp32
 from .sync_norm import sum_over_ranks
 
 
@@ -162,7 +162,7 @@ def class_cross_entropy(logits: torch.Tensor, present: torch.Tensor) -> torch.Te
     """
     batch, kc, _ = logits.shape
     target = torch.arange(kc, device=logits.device).repeat(batch)
-    ce = F.cross_entropy(accumulation_dtype(logits.reshape(batch * kc, kc)), target, reduction="none")
+    ce = F.cross_entropy(at_least_fp32(logits.reshape(batch * kc, kc)), target, reduction="none")
     valid = present.reshape(-1).to(ce.dtype)
     # Under DDP the normaliser is the global count of valid classes (a no-grad all-reduce): DDP averages the
     # rank gradients, so rank r's loss sum_r * W / count_global makes that average the global-batch gradient.

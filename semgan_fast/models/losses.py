@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 
-def accumulation_dtype(x: torch.Tensor) -> torch.Tensor:
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in at least float32: half / bfloat16 -> float32; float32 and float64 unchanged."""
     return x if x.dtype == torch.float64 else x.float()
 
 
 def _per_output_mean(x: torch.Tensor, reps: int) -> torch.Tensor:
     """[N*B, ...] -> [N]: mean over each output's B samples and all positions."""
-    return accumulation_dtype(x).reshape(reps, -1).mean(dim=1)
+    return at_least_fp32(x).reshape(reps, -1).mean(dim=1)
 
 
 def hinge_g_loss(pred_fake: list[list[torch.Tensor]], reps: int) -> torch.Tensor:
@@ -31,7 +31,7 @@ def hinge_g_loss(pred_fake: list[list[torch.Tensor]], reps: int) -> torch.Tensor
 def hinge_d_loss(pred: list[list[torch.Tensor]], reps: int, real: bool) -> torch.Tensor:
     """Discriminator hinge loss: sum_n mean_scales(mean(relu(1 -/+ D))). Scalar float32."""
     sign = -1.0 if real else 1.0
-    total = sum(_per_output_mean(F.relu(1.0 + sign * accumulation_dtype(scale[-1])), reps).sum() for scale in pred)
+    total = sum(_per_output_mean(F.relu(1.0 + sign * at_least_fp32(scale[-1])), reps).sum() for scale in pred)
     return total / len(pred)
 
 
@@ -44,7 +44,7 @@ def feature_matching_loss(pred_fake: list[list[torch.Tensor]], pred_real: list[l
     for fake_scale, real_scale in zip(pred_fake, pred_real):
         for fake_feat, real_feat in zip(fake_scale[:-1], real_scale[:-1]):
             diff = fake_feat.reshape(reps, *real_feat.shape) - real_feat.detach().unsqueeze(0)
-            total = total + accumulation_dtype(diff.abs()).mean() * reps
+            total = total + at_least_fp32(diff.abs()).mean() * reps
     return total / len(pred_fake)
 
 
@@ -53,11 +53,11 @@ def weighted_feature_l1(fake_feats: list[torch.Tensor], real_feats: list[torch.T
     total = 0.0
     for w, fake_feat, real_feat in zip(weights, fake_feats, real_feats):
         diff = fake_feat.reshape(reps, *real_feat.shape) - real_feat.detach().unsqueeze(0)
-        total = total + w * accumulation_dtype(diff.abs()).mean() * reps
+        total = total + w * at_least_fp32(diff.abs()).mean() * reps
     return total
 
 
 def image_l1(fakes: torch.Tensor, image: torch.Tensor, reps: int) -> torch.Tensor:
     """sum_n mean|fake_n - image| (the public code's optional global L1, off in its scripts)."""
     diff = fakes.reshape(reps, *image.shape) - image.unsqueeze(0)
-    return accumulation_dtype(diff.abs()).mean() * reps
+    return at_least_fp32(diff.abs()).mean() * reps
