@@ -162,6 +162,27 @@ def write_json(path: str, op: str, device: torch.device, rows: list[dict], **ext
     print(f"wrote {path}")
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def benchmark_backends(table, device: torch.device, names) -> list[str]:
+    """The backends of an op's ``BackendTable`` among ``names`` that run on ``device``, in that order. The Triton
+    interpreter (CPU tensors) is a correctness tool, not a provider."""
+    return [n for n in names if table.backends[n].available(device) and not (n == "triton" and device.type != "cuda")]
+
+
+def add_speedups(summary: list[dict], medians: dict, fast: list[str], base: str, **fields) -> None:
+    """Appends (and prints) one entry per fast provider: ``fields``, the provider, its speedup vs ``base`` and,
+    when timed, vs ``<base>_compiled``."""
+    for name in fast:
+        entry = {**fields, "provider": name, f"speedup_vs_{base}": medians[base] / medians[name]}
+        if f"{base}_compiled" in medians:
+            entry["speedup_vs_compiled"] = medians[f"{base}_compiled"] / medians[name]
+        summary.append(entry)
+        print("  ", " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()),
+              flush=True)
+
+
 def block_labels(batch: int, height: int, width: int, num_classes: int, block: int, device) -> torch.Tensor:
     """Random classes on ``block`` x ``block`` pixel blocks, int64 [B, H, W]: a tile sees a few classes, as in
     real label maps (the benchmarks' label model)."""

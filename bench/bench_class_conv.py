@@ -70,11 +70,8 @@ def providers(device: torch.device, no_compile: bool) -> dict:
     out = {"naive": naive, "grouped": grouped_conv}
     if not no_compile:
         out["compile"] = None  # built per case (fresh dynamo state)
-    for name in ("cpu", "triton", "cuda"):
-        entry = CLASS_CONV_BACKENDS.backends[name]
-        # The Triton interpreter on CPU is a correctness tool, not a provider.
-        if entry.available(device) and not (name == "triton" and device.type != "cuda"):
-            out[name] = (lambda n: lambda x, l, w, b: class_conv(x, l, w, b, PADDING, ACTIVATION, backend=n))(name)
+    for name in _harness.benchmark_backends(CLASS_CONV_BACKENDS, device, ("cpu", "triton", "cuda")):
+        out[name] = (lambda n: lambda x, l, w, b: class_conv(x, l, w, b, PADDING, ACTIVATION, backend=n))(name)
     return out
 
 

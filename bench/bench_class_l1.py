@@ -22,9 +22,6 @@ import _harness as H  # noqa: E402
 
 from semgan_fast.ops.class_l1 import CLASS_L1_BACKENDS, class_l1, class_l1_reference  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
 def main():
     p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--classes", type=int, default=35)
@@ -37,12 +34,11 @@ def main():
     shapes = ([(b, hw) for hw in ((64, 128), (128, 256)) for b in (1, 2)] if args.small
               else [(b, (256, 512)) for b in (1, 4, 8)])
     dtypes = (args.dtypes or ("fp32" if device.type == "cpu" else "fp32,bf16")).split(",")
-    fast = [n for n in ("triton", "cpu") if CLASS_L1_BACKENDS.backends[n].available(device)
-            and not (device.type == "cpu" and n == "triton")]  # the interpreter is not a benchmark
+    fast = H.benchmark_backends(CLASS_L1_BACKENDS, device, ("triton", "cpu"))
     k_cls, channels = args.classes, args.channels
     rows, summary = [], []
     for dt_name in dtypes:
-        dtype = DTYPES[dt_name]
+        dtype = H.DTYPES[dt_name]
         for batch, (height, width) in shapes:
             out = torch.tanh(torch.randn(batch, k_cls, channels, height, width, device=device)).to(dtype)
             image = torch.tanh(torch.randn(batch, channels, height, width, device=device)).to(dtype)
@@ -79,14 +75,7 @@ def main():
                     for t in (out, image):
                         t.requires_grad_(False)
                         t.grad = None
-                for name in fast:
-                    entry = {"B": batch, "H": height, "W": width, "dtype": dt_name, "mode": mode, "provider": name,
-                             "speedup_vs_naive": medians["naive"] / medians[name]}
-                    if "naive_compiled" in medians:
-                        entry["speedup_vs_compiled"] = medians["naive_compiled"] / medians[name]
-                    summary.append(entry)
-                    print("  ", " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                         for k, v in entry.items()), flush=True)
+                H.add_speedups(summary, medians, fast, "naive", B=batch, H=height, W=width, dtype=dt_name, mode=mode)
     H.write_json(args.out, "class_l1", device, rows, summary=summary,
                  config={"label_block": 16, "small": args.small})
 

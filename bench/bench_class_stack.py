@@ -67,10 +67,8 @@ def providers(device: torch.device, no_compile: bool) -> dict:
     out = {"naive": class_stack_reference, "grouped": grouped_stack}
     if not no_compile:
         out["compile"] = None  # built per case (fresh dynamo state)
-    for name in ("cpu", "triton"):
-        entry = CLASS_STACK_BACKENDS.backends[name]
-        if entry.available(device) and not (name == "triton" and device.type != "cuda"):
-            out[name] = (lambda n: lambda x, l, w, b: class_stack(x, l, w, b, backend=n))(name)
+    for name in _harness.benchmark_backends(CLASS_STACK_BACKENDS, device, ("cpu", "triton")):
+        out[name] = (lambda n: lambda x, l, w, b: class_stack(x, l, w, b, backend=n))(name)
     return out
 
 

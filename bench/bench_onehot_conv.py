@@ -26,7 +26,6 @@ import _harness as H  # noqa: E402
 from semgan_fast.ops.onehot_conv import ONEHOT_CONV_BACKENDS, onehot_conv, onehot_conv_reference  # noqa: E402
 
 DATASETS = {"cityscapes": (35, 1), "ade20k": (151, 0)}  # name: (K classes, E extra channels)
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def main():
@@ -40,14 +39,13 @@ def main():
     torch.manual_seed(0)
     resolutions = [(32, 64), (64, 128), (128, 256)] if args.small else [(32, 64), (64, 128), (128, 256), (256, 512)]
     dtypes = (args.dtypes or ("fp32" if device.type == "cpu" else "fp32,bf16")).split(",")
-    fast = [n for n in ("cuda", "triton", "cpu") if ONEHOT_CONV_BACKENDS.backends[n].available(device)
-            and not (device.type == "cpu" and n == "triton")]  # the interpreter is not a benchmark
+    fast = H.benchmark_backends(ONEHOT_CONV_BACKENDS, device, ("cuda", "triton", "cpu"))
     ksize, pad, out_ch = 3, 1, args.out_channels
     rows, summary = [], []
     for dname in DATASETS:
         num_classes, n_extra = DATASETS[dname]
         for dt_name in dtypes:
-            dtype = DTYPES[dt_name]
+            dtype = H.DTYPES[dt_name]
             for height, width in resolutions:
                 labels = H.block_labels(args.batch, height, width, num_classes, 8, device)
                 extra = (torch.rand(args.batch, n_extra, height, width, device=device) > 0.9).to(dtype) \
@@ -95,14 +93,8 @@ def main():
                         for t in leaves:
                             t.requires_grad_(False)
                             t.grad = None
-                    for name in fast:
-                        entry = {"dataset": dname, "H": height, "W": width, "dtype": dt_name, "mode": mode,
-                                 "provider": name, "speedup_vs_dense": medians["dense"] / medians[name]}
-                        if "dense_compiled" in medians:
-                            entry["speedup_vs_compiled"] = medians["dense_compiled"] / medians[name]
-                        summary.append(entry)
-                        print("  ", " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in entry.items()), flush=True)
+                    H.add_speedups(summary, medians, fast, "dense", dataset=dname, H=height, W=width,
+                                   dtype=dt_name, mode=mode)
     H.write_json(args.out, "onehot_conv", device, rows, summary=summary,
                  config={"kernel": ksize, "padding": pad, "padding_mode": "zeros", "label_block": 8,
                          "small": args.small})

@@ -23,8 +23,6 @@ import _harness  # noqa: E402
 
 from semgan_fast.ops.pair_similarity_loss import pair_similarity_loss, pair_similarity_loss_reference  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _chunked_on_device(probs, labels):
     batch, n_cls = probs.shape[:2]
@@ -44,7 +42,7 @@ def blocky_labels(batch, height, width, n_cls, block, gen):
 
 def main():
     p = _harness.parser(__doc__.splitlines()[0])
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="fp32", choices=sorted(_harness.DTYPES))
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--classes", type=int, default=35)
     p.add_argument("--matmul-precision", default=None, choices=["highest", "high", "medium"],
@@ -53,7 +51,7 @@ def main():
     if args.matmul_precision:
         torch.set_float32_matmul_precision(args.matmul_precision)
     device = _harness.pick_device(args)
-    dtype = DTYPES[args.dtype]
+    dtype = _harness.DTYPES[args.dtype]
     sizes = [(16, 32), (32, 64), (64, 128)] if args.small else [(64, 128), (128, 256), (256, 512)]
     providers = {"naive": pair_similarity_loss_reference, "ours": pair_similarity_loss,
                  "ours-stride2": lambda p, y: pair_similarity_loss(p, y, stride=2)}

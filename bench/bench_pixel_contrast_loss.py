@@ -26,8 +26,6 @@ import _harness  # noqa: E402
 from semgan_fast.ops.pixel_contrast_loss import (_matmul_precision, pixel_contrast_loss,  # noqa: E402
                                                  pixel_contrast_loss_reference)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def _chunked_on_device(anchors, labels, contrast, contrast_labels):
     """The "cpu" backend's algorithm (PyTorch chunks, custom backward) called on any device."""
@@ -40,7 +38,7 @@ def _chunked_on_device(anchors, labels, contrast, contrast_labels):
 
 def main():
     p = _harness.parser(__doc__.splitlines()[0])
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="fp32", choices=sorted(_harness.DTYPES))
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--matmul-precision", default=None, choices=["highest", "high", "medium"],
                    help="torch.set_float32_matmul_precision for fp32 (applies to naive and ours alike)")
@@ -48,7 +46,7 @@ def main():
     if args.matmul_precision:
         torch.set_float32_matmul_precision(args.matmul_precision)
     device = _harness.pick_device(args)
-    dtype = DTYPES[args.dtype]
+    dtype = _harness.DTYPES[args.dtype]
     dim = args.dim
     if args.small:
         self_sizes, banks, bank_anchors = [256, 1024, 2048], [(35, 200), (151, 50)], 256
