@@ -85,7 +85,7 @@ from ..config import ECGANConfig
 from ..edges import canny, edge_image
 from ..ops import class_conv, class_l1, class_stack
 from .layers import OneHotConv2d, Semantics, instance_edges, spectral_norm
-from .lggan import _no_param_grads, attach_gan_parts
+from .lggan import _no_param_grads, attach_gan_parts, exclude_from_state_dict
 from .segmenter import LabelGenerator, build_label_generator
 from .spade import UPSAMPLING_LAYERS, SPADEGlobalGenerator
 from .sync_norm import gather_over_ranks
@@ -519,8 +519,7 @@ class ECGANModel(nn.Module):
             self.memory_bank = ClassMemoryBank(cfg.num_classes, cfg.proj_dim, cfg.memory_size,
                                                cfg.memory_pixels_per_image)
         if self.label_generator is not None and self.label_generator.external:
-            self.register_state_dict_post_hook(_drop_external_segmenter_keys)
-            self.register_load_state_dict_post_hook(_ignore_missing_segmenter_keys)
+            exclude_from_state_dict(self, "label_generator")
 
     # ------------------------------------------------------------------------------------ helpers
     def generator_parameters(self):
@@ -673,13 +672,3 @@ class ECGANModel(nn.Module):
             terms["d_seg"] = F.cross_entropy(logits.float(), labels) * cfg.lambda_seg
         total = sum(terms.values())
         return total, {k: v.detach() for k, v in terms.items()}
-
-
-def _drop_external_segmenter_keys(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + "label_generator.")]:
-        del state_dict[key]
-
-
-def _ignore_missing_segmenter_keys(module, incompatible_keys) -> None:
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not (k.startswith("label_generator.") or ".label_generator." in k)]

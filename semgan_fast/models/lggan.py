@@ -179,8 +179,7 @@ def attach_gan_parts(model: nn.Module, cfg, generator: nn.Module, discriminator:
     init_weights(model.generator, cfg.init_type, cfg.init_gain)
     init_weights(model.discriminator, cfg.init_type, cfg.init_gain)
     model.vgg = VGG19Features.from_pretrained(cfg.vgg_weights) if cfg.use_vgg else None
-    model.register_state_dict_post_hook(_drop_vgg_keys)
-    model.register_load_state_dict_post_hook(_ignore_missing_vgg_keys)
+    exclude_from_state_dict(model, "vgg")
 
 
 class LGGANModel(nn.Module):
@@ -308,11 +307,16 @@ def _no_param_grads(module: nn.Module):
             p.requires_grad_(True)
 
 
-def _drop_vgg_keys(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + "vgg.")]:
-        del state_dict[key]
+def exclude_from_state_dict(model: nn.Module, child: str) -> None:
+    """Leaves the submodule ``model.<child>`` out of ``model.state_dict()`` and lets ``load_state_dict`` accept
+    its absence (frozen parts loaded from their own files: the VGG19, an external segmenter)."""
+    def drop(module, state_dict, prefix, local_metadata) -> None:
+        for key in [k for k in state_dict if k.startswith(f"{prefix}{child}.")]:
+            del state_dict[key]
 
+    def ignore_missing(module, incompatible_keys) -> None:
+        missing = incompatible_keys.missing_keys
+        missing[:] = [k for k in missing if not (k.startswith(f"{child}.") or f".{child}." in k)]
 
-def _ignore_missing_vgg_keys(module, incompatible_keys) -> None:
-    missing = incompatible_keys.missing_keys
-    missing[:] = [k for k in missing if not (k.startswith("vgg.") or ".vgg." in k)]
+    model.register_state_dict_post_hook(drop)
+    model.register_load_state_dict_post_hook(ignore_missing)
