@@ -37,10 +37,9 @@ from ..config import CrossViewConfig
 from .discriminator import MultiscaleDiscriminator, NLayerDiscriminator, _downsample
 from .encoder import Encoder
 from .layers import Semantics
-from .lggan import GeneratorOutput, LGGANGenerator, LGGANModel, _no_param_grads, attach_gan_parts, local_label_map
+from .lggan import GeneratorOutput, LGGANGenerator, LGGANModel, _no_param_grads, attach_gan_parts
 from .losses import feature_matching_loss, hinge_d_loss, hinge_g_loss
 from .spade import UPSAMPLING_LAYERS
-from ..ops import weight_map_fusion
 
 
 @dataclass
@@ -89,21 +88,7 @@ class CrossViewGenerator(LGGANGenerator):
         semantics = Semantics(labels)                 # SPADE is modulated by S_g only
         x_encode, latent = self.encoder(labels, source)
         global_image = self.global_generator(latent, semantics)
-        if self.local_generator is None:
-            return CrossViewOutput(final=global_image, global_image=global_image, source=source)
-        local_labels = local_label_map(labels, cfg)
-        features, per_class, local_image = self.local_generator(x_encode, local_labels)
-        local_image = local_image.to(global_image.dtype)
-        class_logits = class_present = None
-        if self.classifier is not None:
-            class_logits, class_present = self.classifier(features, local_labels)
-        weights = None
-        if self.weight_map is not None:
-            final, weights = weight_map_fusion(global_image, local_image, self.weight_map(x_encode))
-        else:
-            final = 0.5 * (global_image + local_image)
-        return CrossViewOutput(final=final, global_image=global_image, local_image=local_image, per_class=per_class,
-                               weights=weights, class_logits=class_logits, class_present=class_present, source=source)
+        return CrossViewOutput(**self.local_and_fusion(labels, x_encode, global_image), source=source)
 
 
 class ImageGuidedDiscriminator(nn.Module):

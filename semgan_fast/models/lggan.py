@@ -149,10 +149,15 @@ class LGGANGenerator(nn.Module):
         semantics = Semantics(labels, extra)
         x_encode, latent = self.encoder(labels, extra)
         global_image = self.global_generator(latent, semantics)
-        if self.local_generator is None:
-            return GeneratorOutput(final=global_image, global_image=global_image)
+        return GeneratorOutput(**self.local_and_fusion(labels, x_encode, global_image))
 
-        local_labels = local_label_map(labels, cfg)
+    def local_and_fusion(self, labels: torch.Tensor, x_encode: torch.Tensor, global_image: torch.Tensor) -> dict:
+        """The local branch, classifier and weight-map fusion on the encoder output and the global image: the
+        output fields {final, global_image, local_image, per_class, weights, class_logits, class_present}
+        (only final and global_image without a local branch)."""
+        if self.local_generator is None:
+            return dict(final=global_image, global_image=global_image)
+        local_labels = local_label_map(labels, self.cfg)
         features, per_class, local_image = self.local_generator(x_encode, local_labels)
         local_image = local_image.to(global_image.dtype)
         class_logits = class_present = None
@@ -163,9 +168,8 @@ class LGGANGenerator(nn.Module):
             final, weights = weight_map_fusion(global_image, local_image, self.weight_map(x_encode))
         else:
             final = 0.5 * (global_image + local_image)   # fixed equal weights (S2-S4, see module docstring)
-        return GeneratorOutput(final=final, global_image=global_image, local_image=local_image,
-                               per_class=per_class, weights=weights, class_logits=class_logits,
-                               class_present=class_present)
+        return dict(final=final, global_image=global_image, local_image=local_image, per_class=per_class,
+                    weights=weights, class_logits=class_logits, class_present=class_present)
 
 
 def attach_gan_parts(model: nn.Module, cfg, generator: nn.Module, discriminator: nn.Module | None = None) -> None:
