@@ -2,24 +2,11 @@
 one push), class-correct pixel draws, segment means, contrast set with unfilled slots, no host syncs."""
 import pytest
 import torch
+from sync_probe import SYNC_OPS, OpRecorder
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from semgan_fast.ops.class_memory_bank import ClassMemoryBank, ring_write
 from semgan_fast.ops.pixel_contrast_loss import pixel_contrast_loss, pixel_contrast_loss_reference
-
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
-            "repeat_interleave", "bincount", "histc"}
-
-
-class OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def _ring(num_classes=2, size=5):

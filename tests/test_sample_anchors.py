@@ -2,24 +2,11 @@
 vectorised vs loop sampler, determinism, uniformity, gradients, and the absence of host-synchronising ops."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from sync_probe import SYNC_OPS, OpRecorder
 
 from semgan_fast.ops.sample_anchors import sample_anchors
 
 BACKENDS = ["reference", "vectorized"]
-# aten ops that read device data on the host (.item(), data-dependent output shapes).
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "unique_consecutive", "masked_select",
-            "repeat_interleave", "bincount", "histc"}
-
-
-class OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.add(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def _crafted():
