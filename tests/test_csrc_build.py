@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from semgan_fast.ops.class_conv import class_conv_reference
+from semgan_fast.ops.onehot_conv import onehot_conv_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -287,16 +287,8 @@ def emu_onehot_backward(lib, grad_out, labels, extra, weight, stride, padding, p
 # ---- references -------------------------------------------------------------------------------
 
 def onehot_reference(labels, extra, weight, bias, stride, padding, padding_mode):
-    """Literal one_hot + cat + pad + conv2d; labels outside [0, K) give an all-zero one-hot row."""
-    K = weight.shape[1] - (0 if extra is None else extra.shape[1])
-    valid = (labels >= 0) & (labels < K)
-    inp = F.one_hot(torch.where(valid, labels, 0).long(), K).permute(0, 3, 1, 2).to(weight.dtype)
-    inp = inp * valid.unsqueeze(1).to(weight.dtype)
-    if extra is not None:
-        inp = torch.cat([inp, extra], 1)
-    if padding:
-        inp = F.pad(inp, (padding,) * 4, mode="reflect" if padding_mode == "reflect" else "constant")
-    return F.conv2d(inp, weight, bias, stride=stride)
+    """``onehot_conv_reference`` in these tests' argument order."""
+    return onehot_conv_reference(labels, extra, weight, bias, padding, padding_mode, stride)
 
 
 def _grads(fn, inputs, grad_out):

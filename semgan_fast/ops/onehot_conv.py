@@ -43,10 +43,13 @@ STRIDES = (1, 2)
 def onehot_conv_reference(labels: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor,
                           bias: torch.Tensor | None = None, padding: int = 0, padding_mode: str = "zeros",
                           stride: int = 1) -> torch.Tensor:
-    """Literal formulation: materialise the one-hot map, concatenate, pad, convolve. See ``onehot_conv``."""
+    """Literal formulation: materialise the one-hot map, concatenate, pad, convolve. See ``onehot_conv``.
+    Labels outside [0, K) give an all-zero one-hot row (no class), as in every fast backend."""
     n_extra = 0 if extra is None else extra.shape[1]
     num_classes = weight.shape[1] - n_extra
-    inp = F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(weight.dtype)
+    valid = (labels >= 0) & (labels < num_classes)
+    inp = F.one_hot(torch.where(valid, labels, 0).long(), num_classes).permute(0, 3, 1, 2).to(weight.dtype)
+    inp = inp * valid.unsqueeze(1).to(weight.dtype)
     if n_extra:
         inp = torch.cat([inp, extra], dim=1)
     if padding:
