@@ -103,7 +103,8 @@ def cmd_export_trt(args) -> int:
     return 0
 
 
-def _label_files(path: str) -> list[str]:
+def label_files(path: str) -> list[str]:
+    """``--labels``: the .png label maps of a directory (sorted), or the one file given."""
     import glob
 
     if os.path.isdir(path):
@@ -159,7 +160,7 @@ def cmd_infer(args) -> int:
 
     from .trt_build import TensorRTUnavailable
 
-    files = _label_files(args.labels)
+    files = label_files(args.labels)
     try:
         runner, device = _runner(args)
     except TensorRTUnavailable as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .bench_cli import add_bench_parser
-from .export.cli import add_export_parsers
+from .export.cli import add_export_parsers, label_files
 from .config import MODEL_TYPES, PRESETS, ExperimentConfig, preset, preset_for
 
 
@@ -118,17 +117,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _label_files(path: str) -> list[str]:
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.png")))
-        if not files:
-            raise ValueError(f"--labels directory {path!r} holds no .png label maps")
-        return files
-    if not os.path.isfile(path):
-        raise ValueError(f"--labels {path!r} does not exist")
-    return [path]
-
-
 def _matching_file(directory: str, stem: str, what: str) -> str:
     """The file of ``directory`` whose name without extension is ``stem`` (png, jpg, jpeg)."""
     for ext in (".png", ".jpg", ".jpeg"):
@@ -163,7 +151,7 @@ def cmd_generate(args) -> int:
     # Training-only parts (VGG, label generator, memory bank) are not built; the generator loads strictly.
     model = build_inference_model(cfg, state["model"])
     model.to(device).eval()
-    files = _label_files(args.labels)
+    files = label_files(args.labels)
     m = cfg.model
     crossview = cfg.model_type == "lggan-crossview"
     if crossview and not args.sources:
