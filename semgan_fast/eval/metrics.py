@@ -400,18 +400,10 @@ def load_segmenter(spec: str, checkpoint: str | None = None,
             if not isinstance(hook, nn.Module):
                 raise ValueError(f"segmenter {spec!r} is not an nn.Module and its factory takes no 'checkpoint' "
                                  "argument: cannot load the checkpoint")
+            from ..models.segmenter import read_segmenter_state
+
             try:
-                state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(f"segmenter checkpoint {checkpoint!r} could not be read: {exc}") from exc
-            for key in ("state_dict", "model"):
-                if isinstance(state, dict) and isinstance(state.get(key), dict):
-                    state = state[key]
-            if not isinstance(state, dict):
-                raise ValueError(f"segmenter checkpoint {checkpoint!r} holds no state dict")
-            state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-            try:
-                hook.load_state_dict(state, strict=True)
+                hook.load_state_dict(read_segmenter_state(checkpoint), strict=True)
             except RuntimeError as exc:
                 raise ValueError(f"segmenter checkpoint {checkpoint!r} does not fit {spec!r}: {exc}") from exc
     if not callable(hook):

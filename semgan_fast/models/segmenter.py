@@ -63,11 +63,9 @@ class SmallSegNet(nn.Module):
         return self.head(x)
 
 
-def load_builtin_state(path: str) -> dict:
-    """A SmallSegNet state dict from ``path`` (plain state dict, ``{"state_dict"|"model": ...}`` or a
-    semgan checkpoint holding ``label_generator.network.*``)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"segmenter checkpoint {path!r} does not exist")
+def read_segmenter_state(path: str) -> dict:
+    """The state dict in a segmenter checkpoint file: a plain state dict or ``{"state_dict"|"model": ...}``,
+    with DDP's "module." prefixes removed. ValueError naming the file when it cannot be read or holds none."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -77,10 +75,20 @@ def load_builtin_state(path: str) -> dict:
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"segmenter checkpoint {path!r} holds no state dict")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def load_builtin_state(path: str) -> dict:
+    """A SmallSegNet state dict from ``path`` (``read_segmenter_state``'s forms, or a semgan checkpoint
+    holding ``label_generator.network.*``)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"segmenter checkpoint {path!r} does not exist")
+    state = read_segmenter_state(path)
     prefix = "label_generator.network."
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return state
 
 
 class LabelGenerator(nn.Module):
